@@ -1,0 +1,115 @@
+"""The typed configuration of one run. Every field says what it is for; unknown keys are errors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("builtin:tiny", description="Hub id, local model directory, or builtin:tiny / builtin:micro.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the frozen base.")
+
+
+class PeftConfig(Section):
+    method: Literal["lora"] = Field("lora", description="Parameter-efficient method applied to the base.")
+    r: int = Field(8, description="LoRA rank (> 0).")
+    alpha: float = Field(16.0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["auto"] = Field(
+        "auto", description="Module names to adapt, or 'auto' for the architecture's attention projections."
+    )
+
+    @field_validator("r")
+    @classmethod
+    def _positive_rank(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError(f"must be a positive integer, got {v}")
+        return v
+
+
+class DataConfig(Section):
+    source: Literal["stdlib"] = Field("stdlib", description="Where rows come from: the built-in stdlib corpus.")
+    modules: list[str] | None = Field(None, description="Restrict the stdlib corpus to these top-level modules.")
+    max_rows: int | None = Field(None, gt=0, description="Keep a seeded random subset of this many rows.")
+    test_size: int = Field(64, gt=0, description="Rows held out as the global test split.")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of each client's rows held out for validation.")
+    partition: Literal["iid", "shards"] = Field(
+        "iid", description="iid: uniform random; shards: sort by category, cut 2K shards, 2 per client (Shepherd)."
+    )
+    shards_per_client: int = Field(2, gt=0, description="Shards each client receives with partition=shards.")
+    max_length: int = Field(256, gt=8, description="Token cutoff per example (prompt + response).")
+    train_on_inputs: bool = Field(False, description="Also compute the loss on prompt tokens (false masks them).")
+    template: Literal["alpaca"] = Field("alpaca", description="Prompt template.")
+
+
+class FLConfig(Section):
+    clients: int = Field(8, description="Number of clients the data is split across (>= 1).")
+    rounds: int = Field(5, gt=0, description="Federated rounds.")
+    fraction: float = Field(0.5, description="Fraction of clients sampled per round, in (0, 1].")
+    strategy: str = Field("fedavg", description="Server strategy name.")
+    seed: int = Field(0, description="Seeds the data split, client sampling, init and training.")
+
+    @field_validator("clients")
+    @classmethod
+    def _clients(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError(f"must be in (0, 1], got {v}")
+        return v
+
+
+class TrainConfig(Section):
+    epochs: float | None = Field(1.0, gt=0, description="Local epochs per round (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, gt=0, description="Local optimizer steps per round; overrides epochs.")
+    batch_size: int = Field(8, gt=0, description="Examples per optimizer step.")
+    micro_batch_size: int = Field(8, gt=0, description="Examples per forward pass; batch_size / micro_batch_size accumulation steps.")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR schedule within a client round.")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of a round's local steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables clipping.")
+
+    @model_validator(mode="after")
+    def _accumulation(self) -> TrainConfig:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set train.epochs or train.max_steps")
+        return self
+
+
+class EvalConfig(Section):
+    every: int = Field(1, ge=0, description="Evaluate every N rounds (the last round always); 0 evaluates only at the end.")
+    batch_size: int = Field(16, gt=0, description="Examples per evaluation forward pass.")
+    clients: bool = Field(True, description="Also evaluate the global adapter on each client's validation split.")
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs", description="Parent directory of run directories.")
+    keep_checkpoints: int = Field(2, gt=0, description="Round checkpoints kept (the newest); older are deleted.")
+
+
+class RunConfig(Section):
+    recipe: str = Field("default", description="Recipe this config came from.")
+    model: ModelConfig = ModelConfig()
+    peft: PeftConfig = PeftConfig()
+    data: DataConfig = DataConfig()
+    fl: FLConfig = FLConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: Literal["local"] = Field("local", description="Where clients run: local (one process).")
+    output: OutputConfig = OutputConfig()

@@ -1,0 +1,60 @@
+"""Load a base causal language model and its tokenizer from a hub id, a local directory or a built-in
+name, frozen and ready for a PEFT method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedpeft.models.builtin import build_builtin, builtin_names, is_builtin
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedBase:
+    model: torch.nn.Module
+    tokenizer: object
+    source: str
+    """What ``from_pretrained`` was given: a local directory or a hub id. Adapters record it."""
+
+
+def resolve_model_source(name: str) -> str:
+    """Directory or hub id that ``from_pretrained`` should load for the configured ``model.name``."""
+    if is_builtin(name):
+        return str(build_builtin(name))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"model.name={name!r} is a local path without config.json")
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model.name={name!r}: no such directory")
+    return name
+
+
+def load_base_model(name: str, dtype: str = "float32") -> LoadedBase:
+    """The frozen base model and tokenizer named by ``model.name``; a tokenizer without a pad token
+    gets its end-of-sequence token as pad (labels mask padding, so this changes no loss)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model_source(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+    except OSError as err:
+        raise ModelLoadError(
+            f"could not load model.name={name!r} ({err.__class__.__name__}: {err}). Offline, pass a local "
+            f"model directory or one of the built-in models: {', '.join(builtin_names())}"
+        ) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return LoadedBase(model=model, tokenizer=tokenizer, source=source)
