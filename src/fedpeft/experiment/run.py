@@ -1,0 +1,328 @@
+"""One federated run from a config: ``setup() -> fit() -> finish()`` as plain functions.
+
+The whole round reads top to bottom in :func:`fit`, one banner per phase. Runtimes only move tensors;
+the strategy only does arithmetic; this module decides what happens when and writes it down.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedpeft.config.recipes import ConfigError, dump_config, load_run_config
+from fedpeft.config.schema import RunConfig
+from fedpeft.data.federated import FederatedData, build_federated_data
+from fedpeft.evaluation.metrics import evaluate_causal_lm
+from fedpeft.experiment.progress import RunProgress
+from fedpeft.fl.client_round import ClientUpdate, LocalTrainingArgs
+from fedpeft.fl.sampling import sample_clients
+from fedpeft.fl.strategies import Strategy, build_strategy
+from fedpeft.models.base import load_base_model
+from fedpeft.models.peft_methods import apply_lora
+from fedpeft.models.state import get_trainable_state, set_trainable_state
+from fedpeft.reporting import run_dir as rd
+from fedpeft.reporting.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from fedpeft.reporting.plots import plot_losses
+from fedpeft.runtime.local import LocalRuntime
+from fedpeft.seeding import numpy_rng, torch_rng_scope
+from fedpeft.tensors import TensorDict, payload_bytes
+
+RESUMABLE_KEYS = ("fl.rounds",)
+
+
+def quiet_libraries() -> None:
+    """Keep the run's own progress readable: no per-file progress bars or deprecation chatter from the
+    libraries underneath (their errors still surface)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+
+
+class RunInterrupted(Exception):
+    def __init__(self, run_dir: Path, last_round: int):
+        super().__init__(
+            f"interrupted; {run_dir} holds every round up to {last_round}. "
+            f"Continue with: fedpeft run --resume {run_dir}"
+        )
+        self.run_dir = run_dir
+        self.last_round = last_round
+
+
+@dataclass
+class RunState:
+    """Everything a run holds in memory between rounds."""
+
+    config: RunConfig
+    run_dir: Path
+    model: torch.nn.Module
+    tokenizer: Any
+    data: FederatedData
+    strategy: Strategy
+    runtime: LocalRuntime
+    global_state: TensorDict
+    completed_round: int = 0
+    log: rd.MetricsLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = rd.MetricsLog(self.run_dir / rd.METRICS_FILE)
+
+
+def setup(config: RunConfig, run_dir: Path) -> RunState:
+    """Build the run in dependency order; every check that can fail does so before round 1."""
+    seed = config.fl.seed
+    # Strategy first: a wrong name is found before anything slow is loaded.
+    try:
+        strategy = build_strategy(config.fl.strategy)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    # The base model comes before the data because the data is tokenized with its tokenizer.
+    base = load_base_model(config.model.name, config.model.dtype)
+    tokenizer = base.tokenizer
+    # Data is split once, from its own generator, so every round and every resume sees the same clients.
+    data = build_federated_data(
+        tokenizer=tokenizer,
+        source=config.data.source,
+        modules=config.data.modules,
+        max_rows=config.data.max_rows,
+        test_size=config.data.test_size,
+        val_fraction=config.data.val_fraction,
+        partition=config.data.partition,
+        shards_per_client=config.data.shards_per_client,
+        max_length=config.data.max_length,
+        template=config.data.template,
+        n_clients=config.fl.clients,
+        rng=numpy_rng(seed, "data"),
+    )
+    # The adapter's initial weights come from the init generator: the same seed, the same start.
+    with torch_rng_scope(seed, "init"):
+        model = apply_lora(
+            base.model,
+            r=config.peft.r,
+            alpha=config.peft.alpha,
+            dropout=config.peft.dropout,
+            target_modules=config.peft.target_modules,
+        )
+    model.eval()
+    args = LocalTrainingArgs(
+        epochs=config.train.epochs,
+        max_steps=config.train.max_steps,
+        batch_size=config.train.batch_size,
+        micro_batch_size=config.train.micro_batch_size,
+        lr=config.train.lr,
+        schedule=config.train.schedule,
+        warmup_ratio=config.train.warmup_ratio,
+        weight_decay=config.train.weight_decay,
+        max_grad_norm=config.train.max_grad_norm,
+        mask_prompt=not config.data.train_on_inputs,
+        pad_id=tokenizer.pad_token_id,
+    )
+    runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed)
+    return RunState(
+        config=config,
+        run_dir=run_dir,
+        model=model,
+        tokenizer=tokenizer,
+        data=data,
+        strategy=strategy,
+        runtime=runtime,
+        global_state=get_trainable_state(model),
+    )
+
+
+def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The global adapter on the test split and on each client's validation split."""
+    set_trainable_state(state.model, state.global_state)
+    cfg = state.config.eval
+    pad = state.tokenizer.pad_token_id
+    test = evaluate_causal_lm(state.model, state.data.test, cfg.batch_size, pad)
+    per_client = {}
+    if cfg.clients:
+        for c in state.data.clients:
+            if c.val:
+                per_client[f"client-{c.client_id}"] = evaluate_causal_lm(state.model, c.val, cfg.batch_size, pad)
+    return test, per_client
+
+
+def _should_evaluate(config: RunConfig, rnd: int) -> bool:
+    every = config.eval.every
+    return rnd == config.fl.rounds or (every > 0 and rnd % every == 0)
+
+
+def _client_record(rnd: int, u: ClientUpdate, bytes_down: int) -> dict[str, Any]:
+    return {
+        "type": "client",
+        "round": rnd,
+        "client": u.client_id,
+        "examples": u.num_examples,
+        "steps": u.num_steps,
+        "train_loss": u.train_loss,
+        "bytes_up": payload_bytes(u.state),
+        "bytes_down": bytes_down,
+        "seconds": round(u.seconds, 4),
+    }
+
+
+def fit(state: RunState, progress: RunProgress) -> None:
+    """The round loop, from the round after the last completed one to ``fl.rounds``."""
+    cfg = state.config
+    if state.completed_round == 0 and cfg.eval.every > 0 and not any(r.get("round") == 0 for r in state.log.read()):
+        test, per_client = evaluate_global(state)
+        state.log.append({"type": "round", "round": 0, "eval": test, "client_eval": per_client})
+        progress.round_line(0, [], None, test, 0, 0.0)
+    progress.start_rounds(cfg.fl.rounds, state.completed_round)
+    for rnd in range(state.completed_round + 1, cfg.fl.rounds + 1):
+        started = time.perf_counter()
+        # ---- sample: a generator per round, so round r picks the same clients after a resume ----
+        client_ids = sample_clients(cfg.fl.clients, cfg.fl.fraction, numpy_rng(cfg.fl.seed, "sampling", rnd))
+        # ---- train: every sampled client starts from the current global state ----
+        updates = state.runtime.train_round(
+            rnd, client_ids, state.global_state, on_client_start=progress.start_client, on_step=progress.client_step
+        )
+        bytes_down = payload_bytes(state.global_state)
+        # ---- aggregate ----
+        state.global_state = state.strategy.aggregate(state.global_state, updates, rnd)
+        # ---- evaluate ----
+        test, per_client = evaluate_global(state) if _should_evaluate(cfg, rnd) else (None, {})
+        # ---- record and checkpoint: the round counts as done only once its checkpoint is in place ----
+        for u in updates:
+            state.log.append(_client_record(rnd, u, bytes_down))
+        n_examples = sum(u.num_examples for u in updates)
+        train_loss = sum(u.train_loss * u.num_examples for u in updates) / n_examples
+        up = sum(payload_bytes(u.state) for u in updates)
+        down = bytes_down * len(updates)
+        seconds = time.perf_counter() - started
+        state.log.append(
+            {
+                "type": "round",
+                "round": rnd,
+                "clients": client_ids,
+                "examples": n_examples,
+                "train_loss": train_loss,
+                "eval": test,
+                "client_eval": per_client,
+                "bytes_up": up,
+                "bytes_down": down,
+                "seconds": round(seconds, 4),
+            }
+        )
+        save_checkpoint(
+            state.run_dir,
+            Checkpoint(
+                round=rnd,
+                global_state=state.global_state,
+                strategy_state=state.strategy.state_dict(),
+                extra={"rng": "derived from fl.seed per (purpose, round, client); no state to restore"},
+            ),
+            keep=cfg.output.keep_checkpoints,
+        )
+        state.completed_round = rnd
+        progress.round_line(rnd, client_ids, train_loss, test, up + down, seconds)
+        progress.advance_round()
+
+
+def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
+    """Write the PEFT adapter, loss plot and summary.json; return the summary."""
+    run_dir = state.run_dir
+    rounds = [r for r in state.log.read() if r.get("type") == "round"]
+    if status == "completed":
+        set_trainable_state(state.model, state.global_state)
+        state.model.save_pretrained(run_dir / rd.ADAPTER_DIR)
+        state.tokenizer.save_pretrained(run_dir / rd.ADAPTER_DIR)
+    if rounds:
+        plot_losses(rounds, run_dir / rd.LOSS_PLOT)
+    evals = [r for r in rounds if r.get("eval")]
+    trainable = sum(t.numel() for t in state.global_state.values())
+    total_params = sum(p.numel() for p in state.model.parameters())
+    summary = {
+        "recipe": state.config.recipe,
+        "status": status,
+        "rounds_completed": state.completed_round,
+        "rounds_planned": state.config.fl.rounds,
+        "final_eval": evals[-1]["eval"] if evals else None,
+        "initial_eval": evals[0]["eval"] if evals and evals[0]["round"] == 0 else None,
+        "best_eval_loss": min((r["eval"]["loss"] for r in evals), default=None),
+        "bytes_up": sum(r.get("bytes_up", 0) for r in rounds),
+        "bytes_down": sum(r.get("bytes_down", 0) for r in rounds),
+        "train_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
+        "wall_seconds_this_process": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "trainable_parameters": trainable,
+        "total_parameters": total_params,
+        "trainable_percent": round(100.0 * trainable / total_params, 4),
+        "adapter": str(run_dir / rd.ADAPTER_DIR) if status == "completed" else None,
+    }
+    rd.write_json(run_dir / rd.SUMMARY_FILE, summary)
+    return summary
+
+
+def _restore(state: RunState) -> None:
+    """Load the newest complete checkpoint and drop log records of any round after it."""
+    checkpoints = list_checkpoints(state.run_dir)
+    if not checkpoints:
+        state.log.truncate_after(0)
+        return
+    ckpt = load_checkpoint(checkpoints[-1])
+    set_trainable_state(state.model, ckpt.global_state)
+    state.global_state = ckpt.global_state
+    state.strategy.load_state_dict(ckpt.strategy_state)
+    state.completed_round = ckpt.round
+    state.log.truncate_after(ckpt.round)
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """The run directory's config, with only ``fl.rounds`` changeable (to extend a finished run)."""
+    from fedpeft.config.recipes import apply_overrides, validate_config
+
+    config = load_run_config(run_dir / rd.CONFIG_FILE)
+    bad = [o for o in overrides if o.partition("=")[0].strip() not in RESUMABLE_KEYS]
+    if bad:
+        raise ConfigError(f"--resume continues the run as configured; only {', '.join(RESUMABLE_KEYS)} may be set, not {bad}")
+    return validate_config(apply_overrides(config.model_dump(mode="json"), overrides)) if overrides else config
+
+
+def run_experiment(
+    config: RunConfig | None = None,
+    *,
+    resume_dir: Path | None = None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """Start a new run from ``config`` or continue the one in ``resume_dir``. Returns (run_dir, summary)."""
+    started = time.perf_counter()
+    quiet_libraries()
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        config = resume_config(run_dir, overrides or [])
+    else:
+        assert config is not None
+        run_dir = rd.new_run_dir(Path(config.output.dir), config.recipe)
+    progress = RunProgress(quiet=quiet)
+    progress.message(f"run directory: {run_dir}")
+    state = setup(config, run_dir)
+    (run_dir / rd.CONFIG_FILE).write_text(dump_config(config))
+    rd.write_json(run_dir / rd.PARTITION_FILE, state.data.report)
+    if resume_dir is not None:
+        _restore(state)
+        progress.message(f"resuming after round {state.completed_round} of {config.fl.rounds}")
+    try:
+        with progress if not quiet else nullcontext():
+            fit(state, progress)
+    except KeyboardInterrupt:
+        finish(state, "interrupted", started)
+        raise RunInterrupted(run_dir, state.completed_round) from None
+    except BaseException:
+        finish(state, "failed", started)
+        raise
+    summary = finish(state, "completed", started)
+    progress.message(f"adapter: {summary['adapter']}")
+    return run_dir, summary

@@ -1,0 +1,154 @@
+"""One client's local round: load the global trainable state, train, return the new state.
+
+No Flower and no runtime here: the local runtime calls this in-process and the Flower ClientApp wraps
+the same function. Notable choices:
+- A fresh AdamW and LR schedule per round (FedIT/FlowerTune do the same); warm-up always ends before
+  the last step and the LR then decays, never only rising (an S0 defect).
+- The loss of one optimizer step is the token-level mean over the whole step batch, however it is cut
+  into micro-batches, so gradient accumulation does not change the objective.
+- Batch order and dropout come from generators derived from (seed, round, client).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedpeft.models.state import get_trainable_state, set_trainable_state, trainable_parameters
+from fedpeft.tensors import TensorDict
+from fedpeft.tensors.batching import IGNORE_INDEX, TokenizedExample, collate_causal_lm, count_target_tokens
+
+
+@dataclass(frozen=True)
+class LocalTrainingArgs:
+    epochs: float | None
+    max_steps: int | None
+    batch_size: int
+    micro_batch_size: int
+    lr: float
+    schedule: str
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float | None
+    mask_prompt: bool
+    pad_id: int
+
+
+@dataclass
+class ClientUpdate:
+    client_id: int
+    state: TensorDict
+    num_examples: int
+    """Distinct training examples the client holds: the FedAvg weight."""
+    num_steps: int
+    train_loss: float
+    """Token-weighted mean training loss over the round."""
+    seconds: float
+
+
+def count_local_steps(n_examples: int, args: LocalTrainingArgs) -> int:
+    if args.max_steps is not None:
+        return args.max_steps
+    return max(1, math.ceil(args.epochs * math.ceil(n_examples / args.batch_size)))
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """Warm-up length, always shorter than the round so the schedule reaches its decay."""
+    return min(int(round(warmup_ratio * total_steps)), total_steps - 1)
+
+
+def lr_factor(step: int, total_steps: int, n_warmup: int, schedule: str) -> float:
+    """Multiplier of the peak LR at optimizer step ``step`` (0-based); never 0 on a step that runs."""
+    if step < n_warmup:
+        return (step + 1) / (n_warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - n_warmup) / max(1, total_steps - n_warmup)
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown train.schedule {schedule!r}; valid: constant, linear, cosine")
+
+
+def batch_order(n_examples: int, total_steps: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Index batches for ``total_steps`` steps: epochs of fresh permutations, a short last batch per epoch."""
+    batches: list[np.ndarray] = []
+    while len(batches) < total_steps:
+        perm = rng.permutation(n_examples)
+        batches.extend(perm[i : i + batch_size] for i in range(0, n_examples, batch_size))
+    return batches[:total_steps]
+
+
+def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy over the labelled tokens of ``batch``."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        batch["labels"][:, 1:].flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def train_client_round(
+    model: torch.nn.Module,
+    client_id: int,
+    global_state: TensorDict,
+    examples: Sequence[TokenizedExample],
+    args: LocalTrainingArgs,
+    rng: np.random.Generator,
+    on_step: Callable[[int, int], None] | None = None,
+) -> ClientUpdate:
+    """Train ``model`` (whose trainable tensors are overwritten by ``global_state``) on ``examples``.
+
+    ``on_step(done, total)`` is called after every optimizer step for progress display.
+    """
+    start = time.perf_counter()
+    if not examples:
+        raise ValueError(f"client-{client_id}: a client round needs at least one training example")
+    set_trainable_state(model, global_state)
+    params = list(trainable_parameters(model).values())
+    device = params[0].device
+    total_steps = count_local_steps(len(examples), args)
+    n_warmup = warmup_steps(total_steps, args.warmup_ratio)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    model.train()
+    loss_sum, token_total = 0.0, 0
+    for step, idx in enumerate(batch_order(len(examples), total_steps, args.batch_size, rng)):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * lr_factor(step, total_steps, n_warmup, args.schedule)
+        micro = [
+            collate_causal_lm([examples[i] for i in idx[j : j + args.micro_batch_size]], args.pad_id, args.mask_prompt)
+            for j in range(0, len(idx), args.micro_batch_size)
+        ]
+        step_tokens = sum(count_target_tokens(b["labels"]) for b in micro)
+        if step_tokens == 0:
+            continue
+        for batch in micro:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = token_loss_sum(model, batch)
+            (loss / step_tokens).backward()
+            loss_sum += float(loss.detach())
+        token_total += step_tokens
+        if args.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step(step + 1, total_steps)
+    model.eval()
+    return ClientUpdate(
+        client_id=client_id,
+        state=get_trainable_state(model),
+        num_examples=len(examples),
+        num_steps=total_steps,
+        train_loss=loss_sum / max(token_total, 1),
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,17 @@
+"""FedAvg (McMahan et al., 2017): the example-count-weighted mean of the clients' trainable states."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedpeft.fl.client_round import ClientUpdate
+from fedpeft.fl.strategies.base import Strategy, register_strategy
+from fedpeft.tensors import TensorDict, weighted_average
+
+
+@register_strategy("fedavg")
+class FedAvg(Strategy):
+    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+        if not updates:
+            raise ValueError(f"round {server_round}: no client updates to aggregate")
+        return weighted_average([u.state for u in updates], [u.num_examples for u in updates])

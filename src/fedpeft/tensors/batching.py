@@ -1,0 +1,42 @@
+"""Turn tokenized examples into padded batches (named tensors) for causal language modelling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: tuple[int, ...]
+    prompt_len: int
+    """Number of leading prompt tokens; the rest is the response."""
+    category: str = ""
+
+
+def collate_causal_lm(
+    examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool
+) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example. Labels are the input ids with padding (and, when
+    ``mask_prompt``, the prompt) set to -100; the model shifts them itself for next-token loss."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        row = torch.tensor(e.input_ids, dtype=torch.long)
+        ids[i, :n] = row
+        mask[i, :n] = 1
+        start = e.prompt_len if mask_prompt else 0
+        labels[i, start:n] = row[start:]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def count_target_tokens(labels: torch.Tensor) -> int:
+    """Tokens that carry loss after the next-token shift (the first position never does)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
