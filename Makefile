@@ -20,11 +20,11 @@ demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/fedpeft run default
 
 test: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks
+	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -27,9 +27,15 @@ def recipes() -> None:
 
 @app.command()
 def run(
-    recipe: Annotated[str, typer.Argument(help="Recipe name (see `fedpeft recipes`) or path to a YAML file.")] = "default",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set fl.rounds=3 (repeatable).")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory after its last complete round.")] = None,
+    recipe: Annotated[
+        str, typer.Argument(help="Recipe name (see `fedpeft recipes`) or path to a YAML file.")
+    ] = "default",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set fl.rounds=3 (repeatable).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this directory after its last complete round.")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Run a federated fine-tuning job."""

@@ -42,7 +42,9 @@ def read_recipe(recipe: str) -> dict[str, Any]:
         if not path.exists():
             raise ConfigError(f"recipe file {recipe!r} does not exist")
     else:
-        raise ConfigError(f"unknown recipe {recipe!r}; valid recipes: {', '.join(sorted(files))} (or a path to a .yaml file)")
+        raise ConfigError(
+            f"unknown recipe {recipe!r}; valid recipes: {', '.join(sorted(files))} (or a path to a .yaml file)"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

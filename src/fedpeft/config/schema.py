@@ -38,7 +38,9 @@ class DataConfig(Section):
     modules: list[str] | None = Field(None, description="Restrict the stdlib corpus to these top-level modules.")
     max_rows: int | None = Field(None, gt=0, description="Keep a seeded random subset of this many rows.")
     test_size: int = Field(64, gt=0, description="Rows held out as the global test split.")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of each client's rows held out for validation.")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of each client's rows held out for validation."
+    )
     partition: Literal["iid", "shards"] = Field(
         "iid", description="iid: uniform random; shards: sort by category, cut 2K shards, 2 per client (Shepherd)."
     )
@@ -74,9 +76,13 @@ class TrainConfig(Section):
     epochs: float | None = Field(1.0, gt=0, description="Local epochs per round (ignored when max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Local optimizer steps per round; overrides epochs.")
     batch_size: int = Field(8, gt=0, description="Examples per optimizer step.")
-    micro_batch_size: int = Field(8, gt=0, description="Examples per forward pass; batch_size / micro_batch_size accumulation steps.")
+    micro_batch_size: int = Field(
+        8, gt=0, description="Examples per forward pass; batch_size / micro_batch_size accumulation steps."
+    )
     lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
-    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR schedule within a client round.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="LR schedule within a client round."
+    )
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of a round's local steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables clipping.")
@@ -93,7 +99,9 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    every: int = Field(1, ge=0, description="Evaluate every N rounds (the last round always); 0 evaluates only at the end.")
+    every: int = Field(
+        1, ge=0, description="Evaluate every N rounds (the last round always); 0 evaluates only at the end."
+    )
     batch_size: int = Field(16, gt=0, description="Examples per evaluation forward pass.")
     clients: bool = Field(True, description="Also evaluate the global adapter on each client's validation split.")
 

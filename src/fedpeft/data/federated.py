@@ -98,9 +98,7 @@ def build_federated_data(
         "rows_dropped_too_long": dropped,
         "test_rows": len(test),
         "partition": partition,
-        "clients": {
-            f"client-{c.client_id}": {"train": len(c.train), "val": len(c.val)} for c in clients
-        },
+        "clients": {f"client-{c.client_id}": {"train": len(c.train), "val": len(c.val)} for c in clients},
         "categories": category_table(categories, parts),
     }
     return FederatedData(test=test, clients=clients, report=report)

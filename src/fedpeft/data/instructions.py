@@ -29,7 +29,7 @@ def rows_from_corpus(records: Sequence[FunctionRecord]) -> list[InstructionRow]:
         InstructionRow(
             instruction=(
                 f"Write the body of this Python function from the `{rec.module}` module.\n\n"
-                f"{rec.signature}\n\"\"\"{rec.docstring}\"\"\""
+                f'{rec.signature}\n"""{rec.docstring}"""'
             ),
             response=rec.body,
             category=rec.module,
@@ -55,7 +55,7 @@ def tokenize_rows(
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = tokenizer.eos_token_id
     out, dropped = [], 0
-    for row, p, r in zip(rows, prompts, responses):
+    for row, p, r in zip(rows, prompts, responses, strict=True):
         prompt = bos + p
         if len(prompt) + MIN_RESPONSE_TOKENS > max_length:
             dropped += 1

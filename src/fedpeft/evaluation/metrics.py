@@ -39,4 +39,9 @@ def evaluate_causal_lm(
         tokens += int(keep.sum())
     model.train(was_training)
     loss = loss_sum / max(tokens, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / max(tokens, 1), "tokens": tokens}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "token_accuracy": correct / max(tokens, 1),
+        "tokens": tokens,
+    }

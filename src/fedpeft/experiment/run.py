@@ -80,6 +80,7 @@ class RunState:
 def setup(config: RunConfig, run_dir: Path) -> RunState:
     """Build the run in dependency order; every check that can fail does so before round 1."""
     seed = config.fl.seed
+    quiet_libraries()
     # Strategy first: a wrong name is found before anything slow is loaded.
     try:
         strategy = build_strategy(config.fl.strategy)
@@ -286,7 +287,9 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
     config = load_run_config(run_dir / rd.CONFIG_FILE)
     bad = [o for o in overrides if o.partition("=")[0].strip() not in RESUMABLE_KEYS]
     if bad:
-        raise ConfigError(f"--resume continues the run as configured; only {', '.join(RESUMABLE_KEYS)} may be set, not {bad}")
+        raise ConfigError(
+            f"--resume continues the run as configured; only {', '.join(RESUMABLE_KEYS)} may be set, not {bad}"
+        )
     return validate_config(apply_overrides(config.model_dump(mode="json"), overrides)) if overrides else config
 
 
@@ -299,7 +302,6 @@ def run_experiment(
 ) -> tuple[Path, dict[str, Any]]:
     """Start a new run from ``config`` or continue the one in ``resume_dir``. Returns (run_dir, summary)."""
     started = time.perf_counter()
-    quiet_libraries()
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         config = resume_config(run_dir, overrides or [])

@@ -28,5 +28,7 @@ def set_trainable_state(model: torch.nn.Module, state: TensorDict) -> None:
     with torch.no_grad():
         for name, param in params.items():
             if param.shape != state[name].shape:
-                raise ValueError(f"shape mismatch for {name}: model {tuple(param.shape)}, state {tuple(state[name].shape)}")
+                raise ValueError(
+                    f"shape mismatch for {name}: model {tuple(param.shape)}, state {tuple(state[name].shape)}"
+                )
             param.copy_(state[name])

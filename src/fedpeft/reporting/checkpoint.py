@@ -60,7 +60,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = run_dir / CHECKPOINT_DIR
     if not root.exists():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("round-") and (p / "state.json").exists())
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith("round-") and (p / "state.json").exists()
+    )
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -72,4 +74,6 @@ def load_checkpoint(path: Path) -> Checkpoint:
         strategy.update(load_file(str(path / "strategy.safetensors")))
     rnd = meta.pop("round")
     meta.pop("format")
-    return Checkpoint(round=rnd, global_state=load_file(str(path / "global.safetensors")), strategy_state=strategy, extra=meta)
+    return Checkpoint(
+        round=rnd, global_state=load_file(str(path / "global.safetensors")), strategy_state=strategy, extra=meta
+    )

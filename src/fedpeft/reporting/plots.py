@@ -17,9 +17,9 @@ def plot_losses(rounds: list[dict[str, Any]], path: Path) -> None:
     train = [(r["round"], r["train_loss"]) for r in rounds if r.get("train_loss") is not None]
     evals = [(r["round"], r["eval"]["loss"]) for r in rounds if r.get("eval")]
     if train:
-        ax.plot(*zip(*train), marker="o", label="train loss (sampled clients)")
+        ax.plot(*zip(*train, strict=True), marker="o", label="train loss (sampled clients)")
     if evals:
-        ax.plot(*zip(*evals), marker="s", label="eval loss (global test split)")
+        ax.plot(*zip(*evals, strict=True), marker="s", label="eval loss (global test split)")
     ax.set_xlabel("round")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)

@@ -35,7 +35,7 @@ def weighted_average(states: Sequence[TensorDict], weights: Sequence[float]) -> 
     for key in keys:
         ref = states[0][key]
         acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for s, w in zip(states, weights):
+        for s, w in zip(states, weights, strict=True):
             if s[key].shape != ref.shape:
                 raise ValueError(f"shape mismatch for {key}: {tuple(s[key].shape)} vs {tuple(ref.shape)}")
             acc += s[key].to(torch.float64) * (w / total)

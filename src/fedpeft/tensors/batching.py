@@ -18,9 +18,7 @@ class TokenizedExample:
     category: str = ""
 
 
-def collate_causal_lm(
-    examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool
-) -> dict[str, torch.Tensor]:
+def collate_causal_lm(examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example. Labels are the input ids with padding (and, when
     ``mask_prompt``, the prompt) set to -100; the model shifts them itself for next-token loss."""
     width = max(len(e.input_ids) for e in examples)

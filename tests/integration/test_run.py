@@ -1,0 +1,158 @@
+"""The real entry points on a micro model: files written, adapter loadable by peft, resume exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from fedpeft.cli import app
+from fedpeft.config import ConfigError
+from fedpeft.data.partition import PartitionError
+from fedpeft.experiment.run import RunInterrupted, run_experiment, setup
+from fedpeft.fl.strategies.fedavg import FedAvg
+from fedpeft.models.state import set_trainable_state
+from fedpeft.reporting.checkpoint import list_checkpoints, load_checkpoint
+from fedpeft.tensors.batching import collate_causal_lm
+from tests.integration.conftest import MICRO
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_cli_run_two_clients_two_rounds_writes_the_run_directory(tmp_path):
+    out = tmp_path / "runs"
+    args = ["run", "default", "--quiet", "--set", f"output.dir={out}"]
+    for item in MICRO:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = out.iterdir()
+    assert run_dir.name.startswith("default-")
+    for name in ["config.yaml", "metrics.jsonl", "summary.json", "partition.json", "loss.png"]:
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["fl"]["clients"] == 2
+
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    rounds = [r for r in records if r["type"] == "round"]
+    clients = [r for r in records if r["type"] == "client"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert len(clients) == 4 and all(c["steps"] == 3 for c in clients)
+    adapter = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    adapter_bytes = sum(t.numel() * t.element_size() for t in adapter.values())
+    assert all(c["bytes_up"] == adapter_bytes == c["bytes_down"] for c in clients)
+    assert rounds[1]["bytes_up"] == 2 * adapter_bytes
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert summary["final_eval"]["loss"] < summary["initial_eval"]["loss"]
+    assert [p.name for p in list_checkpoints(run_dir)] == ["round-0001", "round-0002"]
+
+
+def test_saved_adapter_loads_in_peft_with_identical_logits(micro_config):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir, _ = run_experiment(micro_config(), quiet=True)
+    ckpt = load_checkpoint(list_checkpoints(run_dir)[-1])
+    state = setup(micro_config(), run_dir)
+    set_trainable_state(state.model, ckpt.global_state)
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    loaded = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
+    batch = collate_causal_lm(state.data.test[:4], state.tokenizer.pad_token_id, mask_prompt=True)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        expected = state.model(**inputs).logits
+        got = loaded(**inputs).logits
+    assert torch.equal(got, expected)
+    # The adapter is not a no-op: it moved the logits away from the base model's.
+    with torch.no_grad(), loaded.disable_adapter():
+        assert not torch.allclose(loaded(**inputs).logits, got)
+
+
+def test_resume_after_interrupt_gives_the_same_final_adapter(micro_config, monkeypatch):
+    config = micro_config("fl.rounds=3", "fl.clients=3", "fl.fraction=0.67", "peft.dropout=0.1")
+    full_dir, _ = run_experiment(config, quiet=True)
+
+    original = FedAvg.aggregate
+
+    def interrupt_in_round_2(self, global_state, updates, server_round):
+        if server_round == 2:
+            raise KeyboardInterrupt
+        return original(self, global_state, updates, server_round)
+
+    monkeypatch.setattr(FedAvg, "aggregate", interrupt_in_round_2)
+    with pytest.raises(RunInterrupted, match="--resume") as info:
+        run_experiment(config, quiet=True)
+    cut_dir = info.value.run_dir
+    assert info.value.last_round == 1
+    assert json.loads((cut_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert not (cut_dir / "adapter").exists()
+    monkeypatch.setattr(FedAvg, "aggregate", original)
+
+    resumed_dir, summary = run_experiment(resume_dir=cut_dir, quiet=True)
+    assert resumed_dir == cut_dir and summary["status"] == "completed"
+    a = load_file(str(full_dir / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(cut_dir / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The log reads as if the run had never stopped: each round once, same clients, same losses.
+    rounds_full = [r for r in read_jsonl(full_dir / "metrics.jsonl") if r["type"] == "round"]
+    rounds_cut = [r for r in read_jsonl(cut_dir / "metrics.jsonl") if r["type"] == "round"]
+    assert [r["round"] for r in rounds_cut] == [0, 1, 2, 3]
+    assert [r["clients"] for r in rounds_cut[1:]] == [r["clients"] for r in rounds_full[1:]]
+    assert [r["eval"]["loss"] for r in rounds_cut] == [r["eval"]["loss"] for r in rounds_full]
+
+
+def test_resume_can_extend_rounds_but_not_change_other_keys(micro_config):
+    run_dir, _ = run_experiment(micro_config("fl.rounds=1"), quiet=True)
+    with pytest.raises(ConfigError, match="only fl.rounds may be set"):
+        run_experiment(resume_dir=run_dir, overrides=["train.lr=1"], quiet=True)
+    _, summary = run_experiment(resume_dir=run_dir, overrides=["fl.rounds=2"], quiet=True)
+    assert summary["rounds_completed"] == 2
+
+
+def test_frozen_base_is_bit_identical_after_training(micro_config, tmp_path):
+    state = setup(micro_config(), tmp_path)
+    frozen = {n: p.detach().clone() for n, p in state.model.named_parameters() if not p.requires_grad}
+    updates = state.runtime.train_round(1, [0, 1], state.global_state)
+    assert any(not torch.equal(u.state[k], state.global_state[k]) for u in updates for k in u.state)
+    for n, p in state.model.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, frozen[n]), n
+
+
+def test_gradient_accumulation_does_not_change_the_update(micro_config, tmp_path):
+    whole = setup(micro_config("peft.dropout=0", "train.batch_size=4", "train.micro_batch_size=4"), tmp_path)
+    split = setup(micro_config("peft.dropout=0", "train.batch_size=4", "train.micro_batch_size=1"), tmp_path)
+    a = whole.runtime.train_round(1, [0], whole.global_state)[0]
+    b = split.runtime.train_round(1, [0], split.global_state)[0]
+    assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
+    for k in a.state:
+        torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bad_input_fails_before_training(micro_config, tmp_path):
+    with pytest.raises(PartitionError, match=r"fl.clients=500 is more than the \d+ training rows; use at most \d+ clients"):
+        run_experiment(micro_config("fl.clients=500"), quiet=True)
+    with pytest.raises(ConfigError, match="unknown fl.strategy 'fedmagic'; valid strategies: fedavg"):
+        run_experiment(micro_config("fl.strategy=fedmagic"), quiet=True)
+    assert not list((tmp_path / "runs").glob("*/checkpoints"))
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "nope"])
+    assert result.exit_code == 2 and "unknown recipe 'nope'; valid recipes: default" in result.output
+    result = runner.invoke(app, ["run", "--set", "fl.fraction=2"])
+    assert result.exit_code == 2 and "fl.fraction: must be in (0, 1]" in result.output
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such run directory" in result.output
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 0 and result.output.startswith("default")

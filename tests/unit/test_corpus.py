@@ -1,0 +1,44 @@
+"""Harvesting functions from a small fake standard library with known contents."""
+
+from fedpeft.data.stdlib_corpus import corpus_report, harvest
+
+ALPHA = '''
+def add(a, b):
+    """Return a plus b."""
+    # the sum
+    return a + b
+
+
+def undocumented(x):
+    return x
+
+
+class Box:
+    def get(self, key, default=None):
+        """Look up key."""
+        value = self.data.get(key)
+        return default if value is None else value
+'''
+
+
+def make_stdlib(root):
+    (root / "alpha.py").write_text(ALPHA)
+    (root / "beta").mkdir()
+    (root / "beta" / "__init__.py").write_text("")
+    (root / "beta" / "inner.py").write_text(ALPHA)  # exact duplicates are dropped
+    (root / "test").mkdir()
+    (root / "test" / "test_x.py").write_text(ALPHA.replace("a + b", "a - b"))
+    (root / "broken.py").write_text("def (:\n")
+
+
+def test_harvest_extracts_documented_functions_deterministically(tmp_path):
+    make_stdlib(tmp_path)
+    records = harvest(tmp_path)
+    assert [r.qualname for r in records] == ["alpha.add", "alpha.Box.get"]
+    add = records[0]
+    assert add.module == "alpha" and add.signature == "def add(a, b):" and add.docstring == "Return a plus b."
+    assert add.body == "# the sum\nreturn a + b"
+    assert add.code.startswith('def add(a, b):\n    """Return a plus b."""')
+    assert records[1].signature == "def get(self, key, default=None):"
+    assert harvest(tmp_path) == records
+    assert corpus_report(records) == {"alpha": 2}
