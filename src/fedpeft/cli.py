@@ -25,6 +25,20 @@ def recipes() -> None:
         typer.echo(f"{name:<16} {description}")
 
 
+@app.command("config")
+def show_config(
+    recipe: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")] = "default",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
+) -> None:
+    """Print the fully resolved configuration of a recipe plus overrides, as YAML."""
+    from fedpeft.config.recipes import dump_config
+
+    try:
+        typer.echo(dump_config(load_config(recipe, list(set_ or []))), nl=False)
+    except ConfigError as err:
+        _fail(str(err))
+
+
 @app.command()
 def run(
     recipe: Annotated[

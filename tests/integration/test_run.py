@@ -139,7 +139,9 @@ def test_gradient_accumulation_does_not_change_the_update(micro_config, tmp_path
 
 
 def test_bad_input_fails_before_training(micro_config, tmp_path):
-    with pytest.raises(PartitionError, match=r"fl.clients=500 is more than the \d+ training rows; use at most \d+ clients"):
+    with pytest.raises(
+        PartitionError, match=r"fl.clients=500 is more than the \d+ training rows; use at most \d+ clients"
+    ):
         run_experiment(micro_config("fl.clients=500"), quiet=True)
     with pytest.raises(ConfigError, match="unknown fl.strategy 'fedmagic'; valid strategies: fedavg"):
         run_experiment(micro_config("fl.strategy=fedmagic"), quiet=True)
@@ -156,3 +158,11 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert result.exit_code == 2 and "no such run directory" in result.output
     result = runner.invoke(app, ["recipes"])
     assert result.exit_code == 0 and result.output.startswith("default")
+
+
+def test_cli_config_prints_the_resolved_recipe():
+    result = CliRunner().invoke(app, ["config", "default", "--set", "fl.rounds=7"])
+    assert result.exit_code == 0
+    assert yaml.safe_load(result.output)["fl"]["rounds"] == 7
+    result = CliRunner().invoke(app, ["config", "--set", "peft.r=0"])
+    assert result.exit_code == 2 and "peft.r: must be a positive integer" in result.output

@@ -1,0 +1,51 @@
+"""Ctrl-C during a real ``fedpeft run`` process leaves a run directory that resumes to completion."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedpeft.experiment.run import run_experiment
+from fedpeft.reporting.checkpoint import list_checkpoints
+from tests.integration.conftest import MICRO
+
+
+@pytest.mark.slow
+def test_sigint_mid_run_exits_130_and_resumes(tmp_path):
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "fedpeft.cli", "run", "default", "--quiet"]
+    for item in [*MICRO, "fl.rounds=40", f"output.dir={out}"]:
+        cmd += ["--set", item]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = list(out.glob("*/metrics.jsonl"))
+            if logs and any(json.loads(line).get("round", 0) >= 2 for line in logs[0].read_text().splitlines()):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "fedpeft run --resume" in output
+    (run_dir,) = out.iterdir()
+    done = list_checkpoints(run_dir)[-1]
+    last = int(done.name.split("-")[1])
+    assert 2 <= last < 40
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] == last
+
+    _, summary = run_experiment(resume_dir=run_dir, overrides=["fl.rounds=" + str(last + 1)], quiet=True)
+    assert summary["status"] == "completed" and summary["rounds_completed"] == last + 1
+    rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(rounds)) == list(range(last + 2))
