@@ -145,7 +145,7 @@ def test_bad_input_fails_before_training(micro_config, tmp_path):
         run_experiment(micro_config("fl.clients=500"), quiet=True)
     with pytest.raises(ConfigError, match="unknown fl.strategy 'fedmagic'; valid strategies: fedavg"):
         run_experiment(micro_config("fl.strategy=fedmagic"), quiet=True)
-    assert not list((tmp_path / "runs").glob("*/checkpoints"))
+    assert not (tmp_path / "runs").exists()  # no run directory is left behind by bad input
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path):

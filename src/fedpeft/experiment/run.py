@@ -9,7 +9,7 @@ from __future__ import annotations
 import resource
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +71,10 @@ class RunState:
     runtime: LocalRuntime
     global_state: TensorDict
     completed_round: int = 0
-    log: rd.MetricsLog = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.log = rd.MetricsLog(self.run_dir / rd.METRICS_FILE)
+    @property
+    def log(self) -> rd.MetricsLog:
+        return rd.MetricsLog(self.run_dir / rd.METRICS_FILE)
 
 
 def setup(config: RunConfig, run_dir: Path) -> RunState:
@@ -303,14 +303,14 @@ def run_experiment(
     """Start a new run from ``config`` or continue the one in ``resume_dir``. Returns (run_dir, summary)."""
     started = time.perf_counter()
     if resume_dir is not None:
-        run_dir = Path(resume_dir)
-        config = resume_config(run_dir, overrides or [])
-    else:
-        assert config is not None
-        run_dir = rd.new_run_dir(Path(config.output.dir), config.recipe)
+        config = resume_config(Path(resume_dir), overrides or [])
+    elif config is None:
+        raise ValueError("run_experiment needs a config or a resume_dir")
     progress = RunProgress(quiet=quiet)
+    # The run directory is created only once setup has passed every check, so bad input leaves nothing.
+    state = setup(config, Path(resume_dir or config.output.dir))
+    run_dir = state.run_dir = Path(resume_dir) if resume_dir else rd.new_run_dir(Path(config.output.dir), config.recipe)
     progress.message(f"run directory: {run_dir}")
-    state = setup(config, run_dir)
     (run_dir / rd.CONFIG_FILE).write_text(dump_config(config))
     rd.write_json(run_dir / rd.PARTITION_FILE, state.data.report)
     if resume_dir is not None:

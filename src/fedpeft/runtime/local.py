@@ -3,6 +3,9 @@ trainable state loaded into it for their turn (DESIGN principle 3)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -12,6 +15,27 @@ from fedpeft.fl.client_round import ClientUpdate, LocalTrainingArgs, count_local
 from fedpeft.seeding import numpy_rng, torch_rng_scope
 from fedpeft.tensors import TensorDict
 from fedpeft.tensors.batching import TokenizedExample
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand heap pages freed by the last client's activations back to the OS (glibc's malloc_trim).
+
+    Without it, glibc keeps them and the resident set creeps up with the number of client rounds (seen:
+    peak RSS 1.4x higher with 20 clients than with 2 on the same steps). A no-op where malloc_trim is
+    missing (macOS, musl).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class LocalRuntime:
@@ -47,4 +71,5 @@ class LocalRuntime:
                 updates.append(
                     train_client_round(self.model, cid, global_state, examples, self.args, rng, on_step=on_step)
                 )
+            release_freed_memory()
         return updates
