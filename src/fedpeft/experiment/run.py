@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import resource
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,7 +253,7 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
         "best_eval_loss": min((r["eval"]["loss"] for r in evals), default=None),
         "bytes_up": sum(r.get("bytes_up", 0) for r in rounds),
         "bytes_down": sum(r.get("bytes_down", 0) for r in rounds),
-        "train_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
+        "rounds_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
         "wall_seconds_this_process": round(time.perf_counter() - started, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "trainable_parameters": trainable,
@@ -317,7 +316,7 @@ def run_experiment(
         _restore(state)
         progress.message(f"resuming after round {state.completed_round} of {config.fl.rounds}")
     try:
-        with progress if not quiet else nullcontext():
+        with progress:
             fit(state, progress)
     except KeyboardInterrupt:
         finish(state, "interrupted", started)
