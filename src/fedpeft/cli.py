@@ -76,6 +76,55 @@ def run(
     )
 
 
+@app.command()
+def partition(
+    recipe: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")] = "default",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
+    png: Annotated[Path, typer.Option(help="Where to write the clients x categories heatmap.")] = Path("partition.png"),
+) -> None:
+    """Show how a recipe splits its data: a clients x categories table and a heatmap PNG."""
+    from fedpeft.data.partition import PartitionError
+    from fedpeft.experiment.partition_report import partition_report
+    from fedpeft.models.base import ModelLoadError
+
+    try:
+        partition_report(load_config(recipe, list(set_ or [])), png)
+    except (ConfigError, PartitionError, ModelLoadError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def pretrain(
+    size: Annotated[str, typer.Option(help="Built-in size to pretrain.")] = "small",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
+    tokens_per_batch: Annotated[int, typer.Option(help="Padded tokens per optimizer step (at most).")] = 8192,
+    seq_len: Annotated[int, typer.Option(help="Longer functions are cut into several sequences.")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="Seed for init, batch order and dropout.")] = 0,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop cleanly after this many minutes.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: the package's shipped copy).")] = None,
+) -> None:
+    """Pretrain a built-in code model and its tokenizer on the stdlib corpus 'train' split."""
+    from fedpeft.experiment.pretrain import PretrainArgs
+    from fedpeft.experiment.pretrain import pretrain as run_pretrain
+    from fedpeft.models.builtin import BUILTIN_SIZES, pretrained_dir
+
+    if size not in BUILTIN_SIZES:
+        _fail(f"unknown --size {size!r}; valid: {', '.join(BUILTIN_SIZES)}")
+    args = PretrainArgs(
+        size=size,
+        steps=steps,
+        tokens_per_batch=tokens_per_batch,
+        seq_len=seq_len,
+        lr=lr,
+        seed=seed,
+        max_minutes=max_minutes,
+        threads=threads,
+    )
+    run_pretrain(args, out or pretrained_dir(size), log=typer.echo)
+
+
 def main() -> None:
     try:
         app()

@@ -34,7 +34,7 @@ def test_cli_run_two_clients_two_rounds_writes_the_run_directory(tmp_path):
     assert result.exit_code == 0, result.output
     (run_dir,) = out.iterdir()
     assert run_dir.name.startswith("default-")
-    for name in ["config.yaml", "metrics.jsonl", "summary.json", "partition.json", "loss.png"]:
+    for name in ["config.yaml", "metrics.jsonl", "summary.json", "partition.json", "partition.png", "loss.png"]:
         assert (run_dir / name).is_file(), name
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
@@ -135,12 +135,14 @@ def test_gradient_accumulation_does_not_change_the_update(micro_config, tmp_path
     b = split.runtime.train_round(1, [0], split.global_state)[0]
     assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
     for k in a.state:
-        torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-6)
+        # Adam turns float-summation noise in near-zero gradients into ~1e-6 differences; a wrong
+        # normalisation (per-micro-batch means) moves whole tensors far more than this.
+        torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-5)
 
 
 def test_bad_input_fails_before_training(micro_config, tmp_path):
     with pytest.raises(
-        PartitionError, match=r"fl.clients=500 is more than the \d+ training rows; use at most \d+ clients"
+        PartitionError, match=r"fl.clients=500 is more than the \d+ training rows .*; use at most \d+ clients"
     ):
         run_experiment(micro_config("fl.clients=500"), quiet=True)
     with pytest.raises(ConfigError, match="unknown fl.strategy 'fedmagic'; valid strategies: fedavg"):
@@ -166,3 +168,29 @@ def test_cli_config_prints_the_resolved_recipe():
     assert yaml.safe_load(result.output)["fl"]["rounds"] == 7
     result = CliRunner().invoke(app, ["config", "--set", "peft.r=0"])
     assert result.exit_code == 2 and "peft.r: must be a positive integer" in result.output
+
+
+def test_test_split_comes_only_from_corpus_test_functions(micro_config, tmp_path):
+    from fedpeft.data.federated import load_rows
+    from fedpeft.data.instructions import tokenize_rows
+
+    state = setup(micro_config(), tmp_path)
+    rows = load_rows("stdlib", None)
+    test_ids = {e.input_ids for e in tokenize_rows([r for r in rows if r.split == "test"], state.tokenizer, 256)[0]}
+    assert state.data.test and all(e.input_ids in test_ids for e in state.data.test)
+    assert not any(e.input_ids in test_ids for c in state.data.clients for e in c.train + c.val)
+
+
+def test_cli_partition_prints_the_table_and_writes_the_heatmap(tmp_path):
+    png = tmp_path / "p.png"
+    args = ["partition", "default", "--png", str(png)]
+    for item in [*MICRO, "data.partition=dirichlet", "data.dirichlet_alpha=0.2", "fl.clients=3"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "dirichlet partition: 3 clients" in result.output and "client-2" in result.output
+    assert png.stat().st_size > 1000
+    result = CliRunner().invoke(
+        app, ["partition", "--set", "data.min_client_size=500", *sum((["--set", m] for m in MICRO), [])]
+    )
+    assert result.exit_code == 2 and "below data.min_client_size=500" in result.output

@@ -42,3 +42,16 @@ def test_harvest_extracts_documented_functions_deterministically(tmp_path):
     assert records[1].signature == "def get(self, key, default=None):"
     assert harvest(tmp_path) == records
     assert corpus_report(records) == {"alpha": 2}
+
+
+def test_corpus_split_is_a_stable_function_of_the_qualified_name():
+    from dataclasses import replace
+
+    from fedpeft.data.stdlib_corpus import FunctionRecord, corpus_split
+
+    rec = FunctionRecord("json", "json.decoder.JSONDecoder.decode", "def decode(self, s):", "d", "b", "c", "p", 1)
+    moved = replace(rec, path="elsewhere.py", line=99, body="changed")
+    assert corpus_split(rec) == corpus_split(moved)
+    names = [FunctionRecord("m", f"m.f{i}", "", "", "", "", "", 0) for i in range(4000)]
+    counts = {s: sum(corpus_split(r) == s for r in names) for s in ("train", "valid", "test")}
+    assert 0.87 < counts["train"] / 4000 < 0.93 and 0.03 < counts["test"] / 4000 < 0.07

@@ -41,10 +41,18 @@ class DataConfig(Section):
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of each client's rows held out for validation."
     )
-    partition: Literal["iid", "shards"] = Field(
-        "iid", description="iid: uniform random; shards: sort by category, cut 2K shards, 2 per client (Shepherd)."
+    partition: Literal["iid", "shards", "dirichlet", "quantity", "natural"] = Field(
+        "iid",
+        description="iid: uniform random; shards: sort by category, 2K shards, 2 per client (Shepherd); "
+        "dirichlet: per-category client shares from Dirichlet(alpha); quantity: each client takes U(a, b) of "
+        "the remaining pool (S0); natural: whole categories (modules) per client.",
     )
     shards_per_client: int = Field(2, gt=0, description="Shards each client receives with partition=shards.")
+    dirichlet_alpha: float = Field(0.5, gt=0, description="Concentration for partition=dirichlet (small = skewed).")
+    quantity_range: tuple[float, float] = Field(
+        (0.03, 0.3), description="[a, b] for partition=quantity: fraction of the remaining pool each client takes."
+    )
+    min_client_size: int = Field(1, ge=1, description="Fewest rows a client may hold; a split below it is an error.")
     max_length: int = Field(256, gt=8, description="Token cutoff per example (prompt + response).")
     train_on_inputs: bool = Field(False, description="Also compute the loss on prompt tokens (false masks them).")
     template: Literal["alpaca"] = Field("alpaca", description="Prompt template.")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedpeft.data.instructions import rows_from_corpus, tokenize_rows
-from fedpeft.data.partition import PartitionError, category_table, partition_iid, partition_shards
+from fedpeft.data.partition import PartitionError, category_table, partition_rows
 from fedpeft.data.stdlib_corpus import load_stdlib_corpus
 from fedpeft.tensors.batching import TokenizedExample
 
@@ -54,47 +54,53 @@ def build_federated_data(
     val_fraction: float,
     partition: str,
     shards_per_client: int,
+    dirichlet_alpha: float,
+    quantity_range: tuple[float, float],
+    min_client_size: int,
     max_length: int,
     template: str,
     n_clients: int,
     rng: np.random.Generator,
 ) -> FederatedData:
+    """Global test rows come from the corpus 'test' split (never seen in pretraining); client rows from
+    'train'. ``max_rows`` caps the client pool; ``test_size`` the test rows."""
     rows = load_rows(source, modules)
-    order = rng.permutation(len(rows))
-    if max_rows is not None:
-        order = order[:max_rows]
-    examples, dropped = tokenize_rows([rows[i] for i in order], tokenizer, max_length, template)
-    if len(examples) <= test_size:
+    test_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "test"]
+    pool_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "train"]
+    test, dropped_test = tokenize_rows(test_rows, tokenizer, max_length, template)
+    if len(test) < test_size:
         raise PartitionError(
-            f"only {len(examples)} usable rows (after data.max_rows and dropping {dropped} rows whose prompt "
-            f"does not fit data.max_length={max_length}); need more than data.test_size={test_size}"
+            f"data.test_size={test_size} but only {len(test)} test-split rows fit data.max_length={max_length} "
+            f"({dropped_test} too long); lower data.test_size or raise data.max_length"
         )
-    test, pool = examples[:test_size], examples[test_size:]
+    test = test[:test_size]
+    pool, dropped = tokenize_rows(pool_rows[:max_rows] if max_rows else pool_rows, tokenizer, max_length, template)
     if n_clients > len(pool):
         raise PartitionError(
-            f"fl.clients={n_clients} is more than the {len(pool)} training rows; "
-            f"use at most {len(pool)} clients, a smaller data.test_size or more rows (data.max_rows)"
+            f"fl.clients={n_clients} is more than the {len(pool)} training rows (after dropping {dropped} rows "
+            f"whose prompt does not fit data.max_length={max_length}); use at most {len(pool)} clients or more "
+            f"rows (data.max_rows, data.modules)"
         )
     categories = [e.category for e in pool]
-    if partition == "iid":
-        parts = partition_iid(len(pool), n_clients, rng)
-    elif partition == "shards":
-        parts = partition_shards(categories, n_clients, shards_per_client, rng)
-    else:
-        raise ValueError(f"unknown data.partition {partition!r}; valid: iid, shards")
+    parts = partition_rows(
+        partition,
+        categories,
+        n_clients,
+        rng,
+        shards_per_client=shards_per_client,
+        dirichlet_alpha=dirichlet_alpha,
+        quantity_range=quantity_range,
+        min_size=min_client_size,
+    )
     clients = []
     for cid, idx in enumerate(parts):
         local = [pool[i] for i in rng.permutation(idx)]
         n_val = int(round(val_fraction * len(local))) if val_fraction > 0 else 0
         n_val = min(max(n_val, 1 if val_fraction > 0 else 0), len(local) - 1)
-        if len(local) - n_val < 1:
-            raise PartitionError(
-                f"client-{cid} has {len(local)} rows, too few to train; use fewer clients (fl.clients) or more rows"
-            )
         clients.append(ClientData(client_id=cid, train=local[n_val:], val=local[:n_val]))
     report = {
         "rows_total": len(rows),
-        "rows_used": len(examples),
+        "rows_used": len(pool) + len(test),
         "rows_dropped_too_long": dropped,
         "test_rows": len(test),
         "partition": partition,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedpeft.data.stdlib_corpus import FunctionRecord
+from fedpeft.data.stdlib_corpus import FunctionRecord, corpus_split
 from fedpeft.tensors.batching import TokenizedExample
 
 ALPACA_PREAMBLE = (
@@ -22,6 +22,8 @@ class InstructionRow:
     instruction: str
     response: str
     category: str
+    split: str = "train"
+    """The source function's corpus split: 'test' rows are never seen by the pretrained built-in model."""
 
 
 def rows_from_corpus(records: Sequence[FunctionRecord]) -> list[InstructionRow]:
@@ -33,6 +35,7 @@ def rows_from_corpus(records: Sequence[FunctionRecord]) -> list[InstructionRow]:
             ),
             response=rec.body,
             category=rec.module,
+            split=corpus_split(rec),
         )
         for rec in records
     ]

@@ -1,4 +1,12 @@
-"""Split row indices across clients. Pure functions of (rows, clients, generator)."""
+"""Split row indices across clients. Pure functions of (rows, clients, generator) returning one sorted
+index array per client.
+
+Notable choices:
+- Written here rather than taken from flwr-datasets: its partitioners work on Hugging Face ``Dataset``
+  objects and version 0.6.1 pins ``datasets<5`` and ``rich<15``; ours are a few lines each over plain
+  index arrays, which every data source already has.
+- Every partitioner is followed by the same minimum-size check, which names the smallest client.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PARTITIONERS = ("iid", "shards")
+PARTITIONERS = ("iid", "shards", "dirichlet", "quantity", "natural")
 
 
 class PartitionError(ValueError):
@@ -41,6 +49,94 @@ def partition_shards(
     ]
 
 
+def partition_dirichlet(
+    categories: Sequence[str],
+    n_clients: int,
+    alpha: float,
+    rng: np.random.Generator,
+    min_size: int = 1,
+    max_attempts: int = 100,
+) -> list[np.ndarray]:
+    """Label skew: for each category, client shares are drawn from Dirichlet(alpha, ..., alpha) and the
+    category's rows are cut in those proportions (small alpha: each category lives on few clients).
+    Redrawn until every client has ``min_size`` rows, at most ``max_attempts`` times."""
+    _check_enough_rows(len(categories), n_clients)
+    if alpha <= 0:
+        raise PartitionError(f"data.dirichlet_alpha must be > 0, got {alpha}")
+    by_category = _rows_by_category(categories)
+    parts: list[np.ndarray] = []
+    for _ in range(max_attempts):
+        buckets: list[list[int]] = [[] for _ in range(n_clients)]
+        for rows in by_category.values():
+            rows = rng.permutation(rows)
+            shares = rng.dirichlet(np.full(n_clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(rows)).astype(int)
+            for c, piece in enumerate(np.split(rows, cuts)):
+                buckets[c].extend(piece.tolist())
+        parts = [np.sort(np.array(b, dtype=np.int64)) for b in buckets]
+        if min(len(p) for p in parts) >= min_size:
+            return parts
+    smallest = int(np.argmin([len(p) for p in parts]))
+    raise PartitionError(
+        f"Dirichlet(alpha={alpha}) split left client-{smallest} with {len(parts[smallest])} rows, below the "
+        f"minimum of {min_size}, in {max_attempts} draws; use fewer clients (fl.clients), a larger "
+        f"data.dirichlet_alpha or a smaller data.min_client_size"
+    )
+
+
+def partition_quantity(
+    n_rows: int, n_clients: int, low: float, high: float, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """S0's quantity skew: after a shuffle, each client in turn takes a U(low, high) fraction of the rows
+    still in the pool; the last client takes what is left."""
+    _check_enough_rows(n_rows, n_clients)
+    if not 0 < low <= high < 1:
+        raise PartitionError(f"data.quantity_range must satisfy 0 < low <= high < 1, got [{low}, {high}]")
+    pool = rng.permutation(n_rows)
+    parts = []
+    for c in range(n_clients - 1):
+        # Leave at least one row for each client still to come.
+        take = int(round(rng.uniform(low, high) * len(pool)))
+        take = min(max(take, 1), len(pool) - (n_clients - 1 - c))
+        parts.append(np.sort(pool[:take]))
+        pool = pool[take:]
+    parts.append(np.sort(pool))
+    return parts
+
+
+def partition_natural(categories: Sequence[str], n_clients: int) -> list[np.ndarray]:
+    """Natural id: every category (module, project, repo owner) belongs to exactly one client. With more
+    categories than clients, categories are packed largest first onto the client with the fewest rows."""
+    by_category = _rows_by_category(categories)
+    if len(by_category) < n_clients:
+        raise PartitionError(
+            f"natural partition needs at least one category per client: {len(by_category)} categories "
+            f"for fl.clients={n_clients}; use at most {len(by_category)} clients"
+        )
+    buckets: list[list[int]] = [[] for _ in range(n_clients)]
+    for _, rows in sorted(by_category.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        smallest = min(range(n_clients), key=lambda c: (len(buckets[c]), c))
+        buckets[smallest].extend(rows)
+    return [np.sort(np.array(b, dtype=np.int64)) for b in buckets]
+
+
+def check_min_size(parts: Sequence[np.ndarray], min_size: int) -> None:
+    sizes = [len(p) for p in parts]
+    smallest = int(np.argmin(sizes))
+    if sizes[smallest] < min_size:
+        raise PartitionError(
+            f"client-{smallest} has {sizes[smallest]} rows, below data.min_client_size={min_size}; "
+            f"use fewer clients (fl.clients) or a smaller data.min_client_size"
+        )
+
+
+def _rows_by_category(categories: Sequence[str]) -> dict[str, np.ndarray]:
+    out: dict[str, list[int]] = {}
+    for i, c in enumerate(categories):
+        out.setdefault(c, []).append(i)
+    return {c: np.array(rows, dtype=np.int64) for c, rows in sorted(out.items())}
+
+
 def _check_enough_rows(n_rows: int, n_clients: int) -> None:
     if n_clients > n_rows:
         raise PartitionError(
@@ -57,3 +153,32 @@ def category_table(categories: Sequence[str], parts: Sequence[np.ndarray]) -> di
             counts[categories[i]] = counts.get(categories[i], 0) + 1
         table[f"client-{c}"] = dict(sorted(counts.items()))
     return table
+
+
+def partition_rows(
+    method: str,
+    categories: Sequence[str],
+    n_clients: int,
+    rng: np.random.Generator,
+    *,
+    shards_per_client: int = 2,
+    dirichlet_alpha: float = 0.5,
+    quantity_range: tuple[float, float] = (0.03, 0.3),
+    min_size: int = 1,
+) -> list[np.ndarray]:
+    """Dispatch to the named partitioner, then enforce the minimum client size."""
+    n = len(categories)
+    if method == "iid":
+        parts = partition_iid(n, n_clients, rng)
+    elif method == "shards":
+        parts = partition_shards(categories, n_clients, shards_per_client, rng)
+    elif method == "dirichlet":
+        parts = partition_dirichlet(categories, n_clients, dirichlet_alpha, rng, min_size=min_size)
+    elif method == "quantity":
+        parts = partition_quantity(n, n_clients, quantity_range[0], quantity_range[1], rng)
+    elif method == "natural":
+        parts = partition_natural(categories, n_clients)
+    else:
+        raise PartitionError(f"unknown data.partition {method!r}; valid: {', '.join(PARTITIONERS)}")
+    check_min_size(parts, min_size)
+    return parts

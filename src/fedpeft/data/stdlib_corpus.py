@@ -190,6 +190,18 @@ def load_stdlib_corpus(modules: Iterable[str] | None = None) -> list[FunctionRec
     return records
 
 
+SPLIT_PERCENT = {"train": 90, "valid": 5, "test": 5}
+
+
+def corpus_split(rec: FunctionRecord) -> str:
+    """The record's fixed split, from a hash of its qualified name: stable across machines and Python
+    versions, so the built-in model's pretraining ('train' only) never sees an evaluation row."""
+    bucket = int(hashlib.sha1(rec.qualname.encode()).hexdigest()[:8], 16) % 100
+    if bucket < SPLIT_PERCENT["train"]:
+        return "train"
+    return "valid" if bucket < SPLIT_PERCENT["train"] + SPLIT_PERCENT["valid"] else "test"
+
+
 def corpus_report(records: list[FunctionRecord]) -> dict[str, int]:
     """Functions per top-level module, largest first."""
     counts: dict[str, int] = {}

@@ -27,7 +27,7 @@ from fedpeft.models.peft_methods import apply_lora
 from fedpeft.models.state import get_trainable_state, set_trainable_state
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from fedpeft.reporting.plots import plot_losses
+from fedpeft.reporting.plots import plot_losses, plot_partition_heatmap
 from fedpeft.runtime.local import LocalRuntime
 from fedpeft.seeding import numpy_rng, torch_rng_scope
 from fedpeft.tensors import TensorDict, payload_bytes
@@ -76,6 +76,28 @@ class RunState:
         return rd.MetricsLog(self.run_dir / rd.METRICS_FILE)
 
 
+def build_data(config: RunConfig, tokenizer) -> FederatedData:
+    """The run's federated data: a pure function of the config (and its seed) and the tokenizer."""
+    d = config.data
+    return build_federated_data(
+        tokenizer=tokenizer,
+        source=d.source,
+        modules=d.modules,
+        max_rows=d.max_rows,
+        test_size=d.test_size,
+        val_fraction=d.val_fraction,
+        partition=d.partition,
+        shards_per_client=d.shards_per_client,
+        dirichlet_alpha=d.dirichlet_alpha,
+        quantity_range=tuple(d.quantity_range),
+        min_client_size=d.min_client_size,
+        max_length=d.max_length,
+        template=d.template,
+        n_clients=config.fl.clients,
+        rng=numpy_rng(config.fl.seed, "data"),
+    )
+
+
 def setup(config: RunConfig, run_dir: Path) -> RunState:
     """Build the run in dependency order; every check that can fail does so before round 1."""
     seed = config.fl.seed
@@ -89,20 +111,7 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     base = load_base_model(config.model.name, config.model.dtype)
     tokenizer = base.tokenizer
     # Data is split once, from its own generator, so every round and every resume sees the same clients.
-    data = build_federated_data(
-        tokenizer=tokenizer,
-        source=config.data.source,
-        modules=config.data.modules,
-        max_rows=config.data.max_rows,
-        test_size=config.data.test_size,
-        val_fraction=config.data.val_fraction,
-        partition=config.data.partition,
-        shards_per_client=config.data.shards_per_client,
-        max_length=config.data.max_length,
-        template=config.data.template,
-        n_clients=config.fl.clients,
-        rng=numpy_rng(seed, "data"),
-    )
+    data = build_data(config, tokenizer)
     # The adapter's initial weights come from the init generator: the same seed, the same start.
     with torch_rng_scope(seed, "init"):
         model = apply_lora(
@@ -312,6 +321,7 @@ def run_experiment(
     progress.message(f"run directory: {run_dir}")
     (run_dir / rd.CONFIG_FILE).write_text(dump_config(config))
     rd.write_json(run_dir / rd.PARTITION_FILE, state.data.report)
+    plot_partition_heatmap(state.data.report["categories"], run_dir / rd.PARTITION_PLOT)
     if resume_dir is not None:
         _restore(state)
         progress.message(f"resuming after round {state.completed_round} of {config.fl.rounds}")

@@ -28,7 +28,10 @@ class LoadedBase:
 def resolve_model_source(name: str) -> str:
     """Directory or hub id that ``from_pretrained`` should load for the configured ``model.name``."""
     if is_builtin(name):
-        return str(build_builtin(name))
+        try:
+            return str(build_builtin(name))
+        except (ValueError, FileNotFoundError) as err:
+            raise ModelLoadError(f"model.name={name!r}: {err}") from None
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -39,22 +42,38 @@ def resolve_model_source(name: str) -> str:
     return name
 
 
-def load_base_model(name: str, dtype: str = "float32") -> LoadedBase:
-    """The frozen base model and tokenizer named by ``model.name``; a tokenizer without a pad token
-    gets its end-of-sequence token as pad (labels mask padding, so this changes no loss)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name: str):
+    """The tokenizer of ``model.name`` alone (no weights), with a pad token."""
+    from transformers import AutoTokenizer
 
     source = resolve_model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
     except OSError as err:
-        raise ModelLoadError(
-            f"could not load model.name={name!r} ({err.__class__.__name__}: {err}). Offline, pass a local "
-            f"model directory or one of the built-in models: {', '.join(builtin_names())}"
-        ) from err
+        raise ModelLoadError(_unreachable(name, err)) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _unreachable(name: str, err: Exception) -> str:
+    return (
+        f"could not load model.name={name!r} ({err.__class__.__name__}: {err}). Offline, pass a local "
+        f"model directory or one of the built-in models: {', '.join(builtin_names())}"
+    )
+
+
+def load_base_model(name: str, dtype: str = "float32") -> LoadedBase:
+    """The frozen base model and tokenizer named by ``model.name``; a tokenizer without a pad token
+    gets its end-of-sequence token as pad (labels mask padding, so this changes no loss)."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name)
+    source = resolve_model_source(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+    except OSError as err:
+        raise ModelLoadError(_unreachable(name, err)) from err
     for param in model.parameters():
         param.requires_grad_(False)
     return LoadedBase(model=model, tokenizer=tokenizer, source=source)

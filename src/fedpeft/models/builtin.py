@@ -1,11 +1,13 @@
-"""Built-in base models that exist with no network: a BPE tokenizer trained on the stdlib corpus and a
-Llama-architecture causal LM built from a config.
+"""Built-in base models that exist with no network: Llama-architecture causal LMs with a byte-level BPE
+tokenizer trained on the stdlib corpus.
 
 Notable choices:
-- One name picks a size (``builtin:tiny`` for the demo, ``builtin:micro`` for tests), as nanochat does.
-- Until a pretrained model ships (issue 3), weights are randomly initialised from a fixed seed, so every
-  machine builds the same model. The result is written once as an ordinary Hugging Face model
-  directory under the cache, so peft adapters point at a real path that ``from_pretrained`` loads.
+- One name picks a size, as nanochat does. ``builtin:small`` is pretrained by ``fedpeft pretrain`` and
+  shipped as package data with its model card (``models/pretrained/small``); ``builtin:tiny`` and
+  ``builtin:micro`` are seeded random inits for benchmarks and tests, built once into the cache.
+- Random-init builds train their tokenizer on the corpus 'train' split only, like the pretrained model.
+- Either way the model is an ordinary Hugging Face model directory, so peft adapters point at a real
+  path that ``from_pretrained`` loads.
 - The tokenizer keeps distinct pad and end-of-sequence tokens so that end-of-sequence is learned.
 """
 
@@ -14,13 +16,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 from fedpeft.paths import cache_dir
 
 BUILTIN_PREFIX = "builtin:"
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 
 
@@ -32,11 +36,14 @@ class BuiltinSize:
     num_hidden_layers: int
     num_attention_heads: int
     max_position_embeddings: int
+    pretrained: bool
+    """Shipped pretrained (package data) rather than built as a random init."""
 
 
 BUILTIN_SIZES: dict[str, BuiltinSize] = {
-    "micro": BuiltinSize(512, 32, 64, 1, 2, 512),
-    "tiny": BuiltinSize(4096, 128, 352, 2, 4, 1024),
+    "micro": BuiltinSize(512, 32, 64, 1, 2, 512, pretrained=False),
+    "tiny": BuiltinSize(4096, 128, 352, 2, 4, 1024, pretrained=False),
+    "small": BuiltinSize(4096, 192, 512, 4, 6, 1024, pretrained=True),
 }
 
 
@@ -48,11 +55,14 @@ def is_builtin(name: str) -> bool:
     return name.startswith(BUILTIN_PREFIX)
 
 
-def _train_tokenizer(vocab_size: int):
+def pretrained_dir(size_name: str) -> Path:
+    return Path(str(resources.files("fedpeft.models") / "pretrained" / size_name))
+
+
+def train_tokenizer(vocab_size: int, texts: Iterable[str]):
+    """A byte-level BPE tokenizer with <pad>, <s> and </s>, wrapped for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from fedpeft.data.stdlib_corpus import load_stdlib_corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -63,26 +73,16 @@ def _train_tokenizer(vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator((rec.code for rec in load_stdlib_corpus()), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", model_max_length=10**6
     )
 
 
-def build_builtin(name: str, seed: int = 0) -> Path:
-    """Build (once) and return the directory of built-in model ``name`` (e.g. ``builtin:tiny``)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def llama_config(size: BuiltinSize, tokenizer):
+    from transformers import LlamaConfig
 
-    size_name = name.removeprefix(BUILTIN_PREFIX)
-    if size_name not in BUILTIN_SIZES:
-        raise ValueError(f"unknown built-in model {name!r}; valid: {', '.join(builtin_names())}")
-    size = BUILTIN_SIZES[size_name]
-    out = cache_dir() / "models" / f"{size_name}-v{BUILD_VERSION}-seed{seed}"
-    if (out / "fedpeft_builtin.json").exists():
-        return out
-    tokenizer = _train_tokenizer(size.vocab_size)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=size.hidden_size,
         intermediate_size=size.intermediate_size,
@@ -95,15 +95,40 @@ def build_builtin(name: str, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+
+
+def build_builtin(name: str, seed: int = 0) -> Path:
+    """The model directory of built-in model ``name`` (e.g. ``builtin:small``), building it once if it is
+    a random-init size."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from fedpeft.data.stdlib_corpus import corpus_split, load_stdlib_corpus
+
+    size_name = name.removeprefix(BUILTIN_PREFIX)
+    if size_name not in BUILTIN_SIZES:
+        raise ValueError(f"unknown built-in model {name!r}; valid: {', '.join(builtin_names())}")
+    size = BUILTIN_SIZES[size_name]
+    if size.pretrained:
+        path = pretrained_dir(size_name)
+        if not (path / "model.safetensors").exists():
+            raise FileNotFoundError(
+                f"{name} has no shipped weights in {path}; create them with `fedpeft pretrain --size {size_name}`"
+            )
+        return path
+    out = cache_dir() / "models" / f"{size_name}-v{BUILD_VERSION}-seed{seed}"
+    if (out / "fedpeft_builtin.json").exists():
+        return out
+    tokenizer = train_tokenizer(size.vocab_size, (r.code for r in load_stdlib_corpus() if corpus_split(r) == "train"))
     # Init from a private generator state so the global torch RNG is left as the caller had it.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(llama_config(size, tokenizer))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    provenance = {"name": name, "size": asdict(size), "seed": seed, "weights": "random init", "version": 1}
+    provenance = {"name": name, "size": asdict(size), "seed": seed, "weights": "random init", "version": BUILD_VERSION}
     (tmp / "fedpeft_builtin.json").write_text(json.dumps(provenance, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

@@ -27,3 +27,43 @@ def plot_losses(rounds: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_partition_heatmap(table: dict[str, dict[str, int]], path: Path, max_categories: int = 40) -> None:
+    """Rows per client (y) and category (x); categories beyond the ``max_categories`` largest are summed
+    into one 'other' column so the picture stays readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    columns = category_columns(table, max_categories)
+    clients = list(table)
+    grid = np.array([[category_cell(table[c], col, columns) for col in columns] for c in clients], dtype=float)
+    fig, ax = plt.subplots(figsize=(min(3 + 0.3 * len(columns), 20), min(1.5 + 0.3 * len(clients), 16)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(clients)), clients, fontsize=7)
+    ax.set_xlabel("category")
+    ax.set_ylabel("client")
+    fig.colorbar(image, ax=ax, label="rows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def category_columns(table: dict[str, dict[str, int]], max_categories: int) -> list[str]:
+    """The largest categories overall (ties by name), plus 'other' if any were left out."""
+    totals: dict[str, int] = {}
+    for row in table.values():
+        for cat, n in row.items():
+            totals[cat] = totals.get(cat, 0) + n
+    ranked = sorted(totals, key=lambda c: (-totals[c], c))
+    return ranked[:max_categories] + (["other"] if len(ranked) > max_categories else [])
+
+
+def category_cell(row: dict[str, int], column: str, columns: list[str]) -> int:
+    if column == "other" and "other" not in row:
+        return sum(n for cat, n in row.items() if cat not in columns)
+    return row.get(column, 0)

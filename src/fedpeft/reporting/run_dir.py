@@ -14,6 +14,7 @@ SUMMARY_FILE = "summary.json"
 PARTITION_FILE = "partition.json"
 ADAPTER_DIR = "adapter"
 LOSS_PLOT = "loss.png"
+PARTITION_PLOT = "partition.png"
 
 
 def new_run_dir(parent: Path, recipe: str) -> Path:
