@@ -17,22 +17,15 @@ from tests.integration.conftest import MICRO
 
 
 def completed_rounds(runs_dir) -> int:
-    """Highest round in the live metrics log; a line still being written is skipped."""
-    best = 0
-    for log in runs_dir.glob("*/metrics.jsonl"):
-        for line in log.read_text().splitlines():
-            try:
-                best = max(best, json.loads(line).get("round", 0))
-            except json.JSONDecodeError:
-                continue
-    return best
+    """Rounds with a finished checkpoint in the (single) live run directory."""
+    return max((len(list_checkpoints(d)) for d in runs_dir.glob("*")), default=0)
 
 
 @pytest.mark.slow
 def test_sigint_mid_run_exits_130_and_resumes(tmp_path):
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "fedpeft.cli", "run", "default", "--quiet"]
-    for item in [*MICRO, "fl.rounds=40", f"output.dir={out}"]:
+    for item in [*MICRO, "fl.rounds=40", "output.keep_checkpoints=100", f"output.dir={out}"]:
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
     try:
@@ -55,8 +48,10 @@ def test_sigint_mid_run_exits_130_and_resumes(tmp_path):
     assert 2 <= last < 40
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["rounds_completed"] == last
+    log_lines = (run_dir / "metrics.jsonl").read_text().splitlines()
 
     _, summary = run_experiment(resume_dir=run_dir, overrides=["fl.rounds=" + str(last + 1)], quiet=True)
     assert summary["status"] == "completed" and summary["rounds_completed"] == last + 1
+    assert max(json.loads(line)["round"] for line in log_lines) == last  # cut back at the interrupt
     rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert sorted(set(rounds)) == list(range(last + 2))

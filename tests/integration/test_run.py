@@ -172,7 +172,7 @@ def test_cli_config_prints_the_resolved_recipe():
 
 def test_test_split_comes_only_from_corpus_test_functions(micro_config, tmp_path):
     from fedpeft.data.federated import load_rows
-    from fedpeft.data.instructions import tokenize_rows
+    from fedpeft.data.text_tasks import tokenize_rows
 
     state = setup(micro_config(), tmp_path)
     rows = load_rows("stdlib", None)
@@ -194,3 +194,35 @@ def test_cli_partition_prints_the_table_and_writes_the_heatmap(tmp_path):
         app, ["partition", "--set", "data.min_client_size=500", *sum((["--set", m] for m in MICRO), [])]
     )
     assert result.exit_code == 2 and "below data.min_client_size=500" in result.output
+
+
+def test_completion_task_runs_and_ignores_special_tokens(micro_config):
+    run_dir, summary = run_experiment(micro_config("data.task=completion"), quiet=True)
+    rounds = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "round"]
+    assert summary["final_eval"]["loss"] < summary["initial_eval"]["loss"]
+    # Completion does not score special tokens (the EOS of rows short enough to keep it).
+    state = setup(micro_config("data.task=completion"), run_dir)
+    special = set(state.tokenizer.all_special_ids)
+    targets = [t for e in state.data.test for t in e.input_ids[e.prompt_len :]]
+    n_special = sum(t in special for t in targets)
+    assert n_special > 0
+    assert rounds[0]["eval"]["tokens"] == len(targets) - n_special
+
+
+def test_interrupt_while_checkpointing_keeps_log_and_summary_at_the_last_checkpoint(micro_config, monkeypatch):
+    from fedpeft.experiment import run as run_module
+
+    real_save = run_module.save_checkpoint
+
+    def interrupt_saving_round_2(run_dir, ckpt, keep):
+        if ckpt.round == 2:
+            raise KeyboardInterrupt  # round 2's records are already in the log
+        return real_save(run_dir, ckpt, keep)
+
+    monkeypatch.setattr(run_module, "save_checkpoint", interrupt_saving_round_2)
+    with pytest.raises(RunInterrupted) as info:
+        run_experiment(micro_config("fl.rounds=3"), quiet=True)
+    run_dir = info.value.run_dir
+    assert info.value.last_round == 1
+    assert max(r["round"] for r in read_jsonl(run_dir / "metrics.jsonl")) == 1
+    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 1

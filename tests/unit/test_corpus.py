@@ -55,3 +55,16 @@ def test_corpus_split_is_a_stable_function_of_the_qualified_name():
     names = [FunctionRecord("m", f"m.f{i}", "", "", "", "", "", 0) for i in range(4000)]
     counts = {s: sum(corpus_split(r) == s for r in names) for s in ("train", "valid", "test")}
     assert 0.87 < counts["train"] / 4000 < 0.93 and 0.03 < counts["test"] / 4000 < 0.07
+
+
+def test_text_tasks_build_prompt_response_pairs(tmp_path):
+    from fedpeft.data.text_tasks import rows_for_task
+
+    make_stdlib(tmp_path)
+    records = harvest(tmp_path)
+    instruction = rows_for_task("instruction", records, "alpaca")[0]
+    assert "### Instruction:" in instruction.prompt and "def add(a, b):" in instruction.prompt
+    assert "Return a plus b." in instruction.prompt and instruction.prompt.endswith("### Response:\n")
+    assert instruction.response == "# the sum\nreturn a + b" and instruction.category == "alpha"
+    completion = rows_for_task("completion", records, "alpaca")[0]
+    assert completion.prompt == "" and completion.response == records[0].code

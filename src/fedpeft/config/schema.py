@@ -35,6 +35,11 @@ class PeftConfig(Section):
 
 class DataConfig(Section):
     source: Literal["stdlib"] = Field("stdlib", description="Where rows come from: the built-in stdlib corpus.")
+    task: Literal["instruction", "completion"] = Field(
+        "instruction",
+        description="instruction: signature + docstring -> body (Alpaca template); completion: whole functions, "
+        "token accuracy ignoring special tokens (CodeXGLUE).",
+    )
     modules: list[str] | None = Field(None, description="Restrict the stdlib corpus to these top-level modules.")
     max_rows: int | None = Field(None, gt=0, description="Keep a seeded random subset of this many rows.")
     test_size: int = Field(64, gt=0, description="Rows held out as the global test split.")

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedpeft.data.instructions import rows_from_corpus, tokenize_rows
 from fedpeft.data.partition import PartitionError, category_table, partition_rows
 from fedpeft.data.stdlib_corpus import load_stdlib_corpus
+from fedpeft.data.text_tasks import rows_for_task, tokenize_rows
 from fedpeft.tensors.batching import TokenizedExample
 
 
@@ -35,19 +35,20 @@ class FederatedData:
     """Row counts, dropped rows and the clients x categories table; written to partition.json."""
 
 
-def load_rows(source: str, modules: list[str] | None):
+def load_rows(source: str, modules: list[str] | None, task: str = "instruction", template: str = "alpaca"):
     if source != "stdlib":
         raise ValueError(f"unknown data.source {source!r}; valid: stdlib")
     records = load_stdlib_corpus(modules)
     if not records:
         raise PartitionError(f"data.modules={modules} matched no stdlib functions; check the module names")
-    return rows_from_corpus(records)
+    return rows_for_task(task, records, template)
 
 
 def build_federated_data(
     *,
     tokenizer,
     source: str,
+    task: str,
     modules: list[str] | None,
     max_rows: int | None,
     test_size: int,
@@ -64,17 +65,17 @@ def build_federated_data(
 ) -> FederatedData:
     """Global test rows come from the corpus 'test' split (never seen in pretraining); client rows from
     'train'. ``max_rows`` caps the client pool; ``test_size`` the test rows."""
-    rows = load_rows(source, modules)
+    rows = load_rows(source, modules, task, template)
     test_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "test"]
     pool_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "train"]
-    test, dropped_test = tokenize_rows(test_rows, tokenizer, max_length, template)
+    test, dropped_test = tokenize_rows(test_rows, tokenizer, max_length)
     if len(test) < test_size:
         raise PartitionError(
             f"data.test_size={test_size} but only {len(test)} test-split rows fit data.max_length={max_length} "
             f"({dropped_test} too long); lower data.test_size or raise data.max_length"
         )
     test = test[:test_size]
-    pool, dropped = tokenize_rows(pool_rows[:max_rows] if max_rows else pool_rows, tokenizer, max_length, template)
+    pool, dropped = tokenize_rows(pool_rows[:max_rows] if max_rows else pool_rows, tokenizer, max_length)
     if n_clients > len(pool):
         raise PartitionError(
             f"fl.clients={n_clients} is more than the {len(pool)} training rows (after dropping {dropped} rows "

@@ -17,9 +17,16 @@ from fedpeft.tensors.batching import IGNORE_INDEX, TokenizedExample, collate_cau
 
 @torch.no_grad()
 def evaluate_causal_lm(
-    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
+    model: torch.nn.Module,
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_id: int,
+    unscored_token_ids: Sequence[int] = (),
 ) -> dict[str, float]:
-    """Token-weighted mean loss, its perplexity and token accuracy (argmax == target) over ``examples``."""
+    """Token-weighted mean loss, its perplexity and token accuracy (argmax == target) over ``examples``.
+
+    Targets in ``unscored_token_ids`` (e.g. special tokens, as CodeXGLUE's completion metric requires)
+    count in neither loss nor accuracy."""
     if not examples:
         raise ValueError("cannot evaluate on an empty split")
     was_training = model.training
@@ -34,6 +41,8 @@ def evaluate_causal_lm(
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         targets = batch["labels"][:, 1:]
         keep = targets != IGNORE_INDEX
+        for token_id in unscored_token_ids:
+            keep &= targets != token_id
         loss_sum += float(F.cross_entropy(logits[keep], targets[keep], reduction="sum"))
         correct += int((logits.argmax(-1)[keep] == targets[keep]).sum())
         tokens += int(keep.sum())

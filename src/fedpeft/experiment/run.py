@@ -17,6 +17,7 @@ import torch
 from fedpeft.config.recipes import ConfigError, dump_config, load_run_config
 from fedpeft.config.schema import RunConfig
 from fedpeft.data.federated import FederatedData, build_federated_data
+from fedpeft.data.text_tasks import SCORE_SPECIAL_TOKENS
 from fedpeft.evaluation.metrics import evaluate_causal_lm
 from fedpeft.experiment.progress import RunProgress
 from fedpeft.fl.client_round import ClientUpdate, LocalTrainingArgs
@@ -82,6 +83,7 @@ def build_data(config: RunConfig, tokenizer) -> FederatedData:
     return build_federated_data(
         tokenizer=tokenizer,
         source=d.source,
+        task=d.task,
         modules=d.modules,
         max_rows=d.max_rows,
         test_size=d.test_size,
@@ -153,12 +155,15 @@ def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[s
     set_trainable_state(state.model, state.global_state)
     cfg = state.config.eval
     pad = state.tokenizer.pad_token_id
-    test = evaluate_causal_lm(state.model, state.data.test, cfg.batch_size, pad)
+    unscored = () if SCORE_SPECIAL_TOKENS[state.config.data.task] else state.tokenizer.all_special_ids
+    test = evaluate_causal_lm(state.model, state.data.test, cfg.batch_size, pad, unscored)
     per_client = {}
     if cfg.clients:
         for c in state.data.clients:
             if c.val:
-                per_client[f"client-{c.client_id}"] = evaluate_causal_lm(state.model, c.val, cfg.batch_size, pad)
+                per_client[f"client-{c.client_id}"] = evaluate_causal_lm(
+                    state.model, c.val, cfg.batch_size, pad, unscored
+                )
     return test, per_client
 
 
@@ -329,6 +334,11 @@ def run_experiment(
         with progress:
             fit(state, progress)
     except KeyboardInterrupt:
+        # The checkpoints on disk say which rounds are done; the log may already hold the next round's
+        # records, so it is cut back to match before the summary is written from it.
+        done = list_checkpoints(run_dir)
+        state.completed_round = load_checkpoint(done[-1]).round if done else 0
+        state.log.truncate_after(state.completed_round)
         finish(state, "interrupted", started)
         raise RunInterrupted(run_dir, state.completed_round) from None
     except BaseException:

@@ -1,0 +1,51 @@
+"""Causal-LM metrics against hand computations on a stub model with fixed logits."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fedpeft.evaluation.metrics import evaluate_causal_lm
+from fedpeft.tensors.batching import TokenizedExample
+
+VOCAB, FAVOURITE, EOS, PAD = 6, 3, 2, 0
+
+
+class AlwaysThree(torch.nn.Module):
+    """Predicts token 3 with logit 5 (all others 0) at every position."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = torch.zeros(*input_ids.shape, VOCAB)
+        logits[..., FAVOURITE] = 5.0
+        return SimpleNamespace(logits=logits)
+
+
+P_FAV = math.exp(5) / (math.exp(5) + VOCAB - 1)
+P_OTHER = 1 / (math.exp(5) + VOCAB - 1)
+
+
+def test_loss_accuracy_and_unscored_special_tokens_by_hand():
+    # Prompt [1], response targets 3, 3, 4, EOS; a second example with response 3, EOS.
+    examples = [TokenizedExample((1, 3, 3, 4, EOS), prompt_len=1), TokenizedExample((1, 3, EOS), prompt_len=1)]
+    scored = evaluate_causal_lm(AlwaysThree(), examples, batch_size=1, pad_id=PAD)
+    # 6 targets: four are 3 or 4 or EOS... exactly: 3, 3, 4, EOS, 3, EOS -> three correct.
+    expected_loss = (3 * -math.log(P_FAV) + 3 * -math.log(P_OTHER)) / 6
+    assert scored["tokens"] == 6
+    assert scored["token_accuracy"] == pytest.approx(3 / 6)
+    assert scored["loss"] == pytest.approx(expected_loss, rel=1e-6)
+    assert scored["perplexity"] == pytest.approx(math.exp(expected_loss), rel=1e-6)
+
+    unscored = evaluate_causal_lm(AlwaysThree(), examples, batch_size=2, pad_id=PAD, unscored_token_ids=[EOS, PAD])
+    assert unscored["tokens"] == 4
+    assert unscored["token_accuracy"] == pytest.approx(3 / 4)
+    assert unscored["loss"] == pytest.approx((3 * -math.log(P_FAV) - math.log(P_OTHER)) / 4, rel=1e-6)
+
+
+def test_prompt_tokens_are_never_scored():
+    a = evaluate_causal_lm(AlwaysThree(), [TokenizedExample((1, 4, 4, 3), prompt_len=3)], 1, PAD)
+    assert a["tokens"] == 1 and a["token_accuracy"] == 1.0
