@@ -68,3 +68,23 @@ def test_text_tasks_build_prompt_response_pairs(tmp_path):
     assert instruction.response == "# the sum\nreturn a + b" and instruction.category == "alpha"
     completion = rows_for_task("completion", records, "alpaca")[0]
     assert completion.prompt == "" and completion.response == records[0].code
+
+
+def test_first_sentence_of_a_docstring():
+    from fedpeft.data.text_tasks import first_sentence
+
+    assert first_sentence("Return x.  More text.\n\nSecond paragraph.") == "Return x."
+    assert first_sentence("Split a line\n    into words, e.g. by spaces. Then stop.") == (
+        "Split a line into words, e.g. by spaces."
+    )
+    assert first_sentence("No full stop at all") == "No full stop at all"
+
+
+def test_code_to_text_rows_hide_the_docstring(tmp_path):
+    from fedpeft.data.text_tasks import rows_for_task
+
+    make_stdlib(tmp_path)
+    row = rows_for_task("code_to_text", harvest(tmp_path), "alpaca")[0]
+    assert row.response == "Return a plus b."
+    assert "def add(a, b):\n    # the sum\n    return a + b" in row.prompt
+    assert "Return a plus b" not in row.prompt

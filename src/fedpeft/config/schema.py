@@ -35,10 +35,11 @@ class PeftConfig(Section):
 
 class DataConfig(Section):
     source: Literal["stdlib"] = Field("stdlib", description="Where rows come from: the built-in stdlib corpus.")
-    task: Literal["instruction", "completion"] = Field(
+    task: Literal["instruction", "completion", "code_to_text"] = Field(
         "instruction",
         description="instruction: signature + docstring -> body (Alpaca template); completion: whole functions, "
-        "token accuracy ignoring special tokens (CodeXGLUE).",
+        "token accuracy ignoring special tokens; code_to_text: function -> first docstring sentence, smoothed "
+        "BLEU-4 (CodeXGLUE).",
     )
     modules: list[str] | None = Field(None, description="Restrict the stdlib corpus to these top-level modules.")
     max_rows: int | None = Field(None, gt=0, description="Keep a seeded random subset of this many rows.")
@@ -117,6 +118,7 @@ class EvalConfig(Section):
     )
     batch_size: int = Field(16, gt=0, description="Examples per evaluation forward pass.")
     clients: bool = Field(True, description="Also evaluate the global adapter on each client's validation split.")
+    max_new_tokens: int = Field(32, gt=0, description="Greedy generation length for generation-scored tasks.")
 
 
 class OutputConfig(Section):

@@ -5,6 +5,8 @@ tokenization with the prompt boundary kept exact.
   "signature + docstring", response = the body.
 - ``completion`` (CodeXGLUE code completion): no prompt, response = the whole function; scored by
   next-token accuracy ignoring special and padding tokens, and perplexity.
+- ``code_to_text`` (CodeXGLUE code-to-text): prompt = the function without its docstring, response =
+  the docstring's first sentence; scored by smoothed BLEU-4 of greedy generations on the test split.
 
 The category of every row is its top-level module (the natural client id); its split is the source
 function's corpus split.
@@ -12,6 +14,8 @@ function's corpus split.
 
 from __future__ import annotations
 
+import re
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +59,25 @@ def instruction_rows(records: Sequence[FunctionRecord], template: str) -> list[T
     ]
 
 
+def first_sentence(docstring: str) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    paragraph = " ".join(docstring.strip().split("\n\n")[0].split())
+    end = re.search(r"(?<=[.!?])\s+(?=[A-Z])", paragraph)  # "e.g. words" does not end a sentence
+    return paragraph[: end.start()] if end else paragraph
+
+
+def code_to_text_rows(records: Sequence[FunctionRecord], template: str) -> list[TextPair]:
+    rows = []
+    for rec in records:
+        summary = first_sentence(rec.docstring)
+        if not summary:
+            continue
+        code = rec.signature + "\n" + textwrap.indent(rec.body, "    ")
+        prompt = format_prompt(f"Summarise this Python function in one sentence.\n\n{code}", template)
+        rows.append(TextPair(prompt=prompt, response=summary, category=rec.module, split=corpus_split(rec)))
+    return rows
+
+
 def completion_rows(records: Sequence[FunctionRecord], template: str) -> list[TextPair]:
     return [TextPair(prompt="", response=rec.code, category=rec.module, split=corpus_split(rec)) for rec in records]
 
@@ -62,10 +85,15 @@ def completion_rows(records: Sequence[FunctionRecord], template: str) -> list[Te
 TEXT_TASKS: dict[str, Callable[[Sequence[FunctionRecord], str], list[TextPair]]] = {
     "instruction": instruction_rows,
     "completion": completion_rows,
+    "code_to_text": code_to_text_rows,
 }
-SCORE_SPECIAL_TOKENS = {"instruction": True, "completion": False}
+SCORE_SPECIAL_TOKENS = {"instruction": True, "completion": False, "code_to_text": True}
 """Whether a task's token accuracy counts special tokens (end-of-sequence): CodeXGLUE's completion
 metric ignores them; for instructions, knowing where to stop is part of the answer."""
+
+
+GENERATION_METRICS = {"code_to_text": "bleu"}
+"""Tasks scored on greedy generations of the test split, besides loss and token accuracy."""
 
 
 def rows_for_task(task: str, records: Sequence[FunctionRecord], template: str) -> list[TextPair]:

@@ -54,3 +54,31 @@ def evaluate_causal_lm(
         "token_accuracy": correct / max(tokens, 1),
         "tokens": tokens,
     }
+
+
+@torch.no_grad()
+def evaluate_generation(
+    model, tokenizer, examples: Sequence[TokenizedExample], max_new_tokens: int
+) -> dict[str, float]:
+    """Greedy-decode each example's response from its prompt and score it against the reference
+    response with smoothed BLEU-4. One example at a time, so no padding enters generation."""
+    from fedpeft.evaluation.bleu import corpus_smoothed_bleu
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    candidates, references = [], []
+    for e in examples:
+        prompt = torch.tensor([e.input_ids[: e.prompt_len]], device=device)
+        out = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        candidates.append(tokenizer.decode(out[0, e.prompt_len :], skip_special_tokens=True).strip())
+        references.append(tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True).strip())
+    model.train(was_training)
+    return {"bleu": corpus_smoothed_bleu(candidates, references), "generated": len(candidates)}

@@ -17,8 +17,8 @@ import torch
 from fedpeft.config.recipes import ConfigError, dump_config, load_run_config
 from fedpeft.config.schema import RunConfig
 from fedpeft.data.federated import FederatedData, build_federated_data
-from fedpeft.data.text_tasks import SCORE_SPECIAL_TOKENS
-from fedpeft.evaluation.metrics import evaluate_causal_lm
+from fedpeft.data.text_tasks import GENERATION_METRICS, SCORE_SPECIAL_TOKENS
+from fedpeft.evaluation.metrics import evaluate_causal_lm, evaluate_generation
 from fedpeft.experiment.progress import RunProgress
 from fedpeft.fl.client_round import ClientUpdate, LocalTrainingArgs
 from fedpeft.fl.sampling import sample_clients
@@ -157,6 +157,8 @@ def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[s
     pad = state.tokenizer.pad_token_id
     unscored = () if SCORE_SPECIAL_TOKENS[state.config.data.task] else state.tokenizer.all_special_ids
     test = evaluate_causal_lm(state.model, state.data.test, cfg.batch_size, pad, unscored)
+    if state.config.data.task in GENERATION_METRICS:
+        test |= evaluate_generation(state.model, state.tokenizer, state.data.test, cfg.max_new_tokens)
     per_client = {}
     if cfg.clients:
         for c in state.data.clients:
