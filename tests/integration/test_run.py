@@ -240,3 +240,28 @@ def test_code_to_text_scores_greedy_generations_with_bleu(micro_config):
 
     again = evaluate_generation(state.model, state.tokenizer, state.data.test, 8)
     assert again["bleu"] == final["bleu"]
+
+
+def test_defect_classifier_adapter_carries_its_head_and_reloads_in_peft(micro_config):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from fedpeft.tensors.batching import collate_classification
+
+    config = micro_config("data.task=defect", "data.max_length=384", "fl.rounds=1")
+    run_dir, summary = run_experiment(config, quiet=True)
+    assert {"accuracy", "f1", "mcc", "loss"} <= summary["final_eval"].keys()
+    adapter = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    assert any(k.endswith("score.weight") for k in adapter)
+
+    state = setup(config, run_dir)
+    set_trainable_state(state.model, load_checkpoint(list_checkpoints(run_dir)[-1]).global_state)
+    source = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=2, pad_token_id=state.tokenizer.pad_token_id
+    )
+    loaded = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
+    batch = collate_classification(state.data.test[:4], state.tokenizer.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, state.model(**inputs).logits)

@@ -49,3 +49,26 @@ def test_loss_accuracy_and_unscored_special_tokens_by_hand():
 def test_prompt_tokens_are_never_scored():
     a = evaluate_causal_lm(AlwaysThree(), [TokenizedExample((1, 4, 4, 3), prompt_len=3)], 1, PAD)
     assert a["tokens"] == 1 and a["token_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_classification_scores_match_sklearn(num_labels):
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    from fedpeft.evaluation.metrics import classification_scores
+
+    gen = torch.Generator().manual_seed(num_labels)
+    labels = torch.randint(0, num_labels, (200,), generator=gen).tolist()
+    predictions = [t if torch.rand(1, generator=gen) < 0.6 else (t + 1) % num_labels for t in labels]
+    ours = classification_scores(labels, predictions, num_labels)
+    average = "binary" if num_labels == 2 else "macro"
+    assert ours["accuracy"] == pytest.approx(accuracy_score(labels, predictions))
+    assert ours["f1"] == pytest.approx(f1_score(labels, predictions, average=average))
+    assert ours["mcc"] == pytest.approx(matthews_corrcoef(labels, predictions))
+
+
+def test_degenerate_predictions_give_zero_mcc_like_sklearn():
+    from fedpeft.evaluation.metrics import classification_scores
+
+    scores = classification_scores([0, 1, 1, 0], [1, 1, 1, 1], 2)
+    assert scores["mcc"] == 0.0 and scores["accuracy"] == 0.5 and scores["f1"] == pytest.approx(2 / 3)

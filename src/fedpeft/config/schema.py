@@ -35,11 +35,11 @@ class PeftConfig(Section):
 
 class DataConfig(Section):
     source: Literal["stdlib"] = Field("stdlib", description="Where rows come from: the built-in stdlib corpus.")
-    task: Literal["instruction", "completion", "code_to_text"] = Field(
+    task: Literal["instruction", "completion", "code_to_text", "defect"] = Field(
         "instruction",
         description="instruction: signature + docstring -> body (Alpaca template); completion: whole functions, "
         "token accuracy ignoring special tokens; code_to_text: function -> first docstring sentence, smoothed "
-        "BLEU-4 (CodeXGLUE).",
+        "BLEU-4 (CodeXGLUE); defect: function -> buggy or clean (injected bugs), a classification head.",
     )
     modules: list[str] | None = Field(None, description="Restrict the stdlib corpus to these top-level modules.")
     max_rows: int | None = Field(None, gt=0, description="Keep a seeded random subset of this many rows.")

@@ -12,7 +12,7 @@ import numpy as np
 
 from fedpeft.data.partition import PartitionError, category_table, partition_rows
 from fedpeft.data.stdlib_corpus import load_stdlib_corpus
-from fedpeft.data.text_tasks import rows_for_task, tokenize_rows
+from fedpeft.data.text_tasks import rows_for_task, tokenize_task_rows
 from fedpeft.tensors.batching import TokenizedExample
 
 
@@ -68,18 +68,18 @@ def build_federated_data(
     rows = load_rows(source, modules, task, template)
     test_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "test"]
     pool_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "train"]
-    test, dropped_test = tokenize_rows(test_rows, tokenizer, max_length)
+    test, dropped_test = tokenize_task_rows(test_rows, tokenizer, max_length)
     if len(test) < test_size:
         raise PartitionError(
             f"data.test_size={test_size} but only {len(test)} test-split rows fit data.max_length={max_length} "
             f"({dropped_test} too long); lower data.test_size or raise data.max_length"
         )
     test = test[:test_size]
-    pool, dropped = tokenize_rows(pool_rows[:max_rows] if max_rows else pool_rows, tokenizer, max_length)
+    pool, dropped = tokenize_task_rows(pool_rows[:max_rows] if max_rows else pool_rows, tokenizer, max_length)
     if n_clients > len(pool):
         raise PartitionError(
             f"fl.clients={n_clients} is more than the {len(pool)} training rows (after dropping {dropped} rows "
-            f"whose prompt does not fit data.max_length={max_length}); use at most {len(pool)} clients or more "
+            f"that do not fit data.max_length={max_length}); use at most {len(pool)} clients or more "
             f"rows (data.max_rows, data.modules)"
         )
     categories = [e.category for e in pool]

@@ -7,6 +7,8 @@ tokenization with the prompt boundary kept exact.
   next-token accuracy ignoring special and padding tokens, and perplexity.
 - ``code_to_text`` (CodeXGLUE code-to-text): prompt = the function without its docstring, response =
   the docstring's first sentence; scored by smoothed BLEU-4 of greedy generations on the test split.
+- ``defect`` (CodeXGLUE defect detection, offline): a function, clean or with one injected bug
+  (``fedpeft.data.defects``) -> label; a sequence-classification head; accuracy, F1 and MCC.
 
 The category of every row is its top-level module (the natural client id); its split is the source
 function's corpus split.
@@ -16,9 +18,13 @@ from __future__ import annotations
 
 import re
 import textwrap
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from fedpeft.data.defects import defect_example
 from fedpeft.data.stdlib_corpus import FunctionRecord, corpus_split
 from fedpeft.tensors.batching import TokenizedExample
 
@@ -82,12 +88,53 @@ def completion_rows(records: Sequence[FunctionRecord], template: str) -> list[Te
     return [TextPair(prompt="", response=rec.code, category=rec.module, split=corpus_split(rec)) for rec in records]
 
 
+@dataclass(frozen=True)
+class LabelledText:
+    text: str
+    label: int
+    category: str
+    split: str = "train"
+    kind: str = ""
+    """What produced the label (for defects: the mutation, or 'clean')."""
+
+
+def defect_rows(records: Sequence[FunctionRecord], template: str = "") -> list[LabelledText]:
+    """One example per function that a bug can be injected into: clean or buggy by a coin flip seeded
+    by the function's name, so a function's example does not depend on which others are loaded."""
+    rows = []
+    for rec in records:
+        rng = np.random.default_rng(zlib.crc32(rec.qualname.encode()))
+        example = defect_example(rec.code, rng)
+        if example is not None:
+            code, label, kind = example
+            rows.append(LabelledText(code, label, rec.module, corpus_split(rec), kind))
+    return rows
+
+
+def tokenize_labelled(rows: Sequence[LabelledText], tokenizer, max_length: int) -> tuple[list[TokenizedExample], int]:
+    """BOS + text + EOS; rows longer than ``max_length`` are dropped, not cut, since the evidence for the
+    label (an injected bug) may sit in the part that would be cut. Returns the examples and the drop count."""
+    ids = tokenizer([r.text for r in rows], add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    out = []
+    for row, tokens in zip(rows, ids, strict=True):
+        full = bos + tokens + [tokenizer.eos_token_id]
+        if len(full) <= max_length:
+            out.append(TokenizedExample(tuple(full), prompt_len=0, category=row.category, label=row.label))
+    return out, len(rows) - len(out)
+
+
 TEXT_TASKS: dict[str, Callable[[Sequence[FunctionRecord], str], list[TextPair]]] = {
     "instruction": instruction_rows,
     "completion": completion_rows,
     "code_to_text": code_to_text_rows,
+    "defect": defect_rows,
 }
-SCORE_SPECIAL_TOKENS = {"instruction": True, "completion": False, "code_to_text": True}
+TASK_HEADS = {"instruction": "causal_lm", "completion": "causal_lm", "code_to_text": "causal_lm"} | {
+    "defect": "sequence_classification"
+}
+TASK_NUM_LABELS = {"defect": 2}
+SCORE_SPECIAL_TOKENS = {"instruction": True, "completion": False, "code_to_text": True, "defect": True}
 """Whether a task's token accuracy counts special tokens (end-of-sequence): CodeXGLUE's completion
 metric ignores them; for instructions, knowing where to stop is part of the answer."""
 
@@ -96,10 +143,17 @@ GENERATION_METRICS = {"code_to_text": "bleu"}
 """Tasks scored on greedy generations of the test split, besides loss and token accuracy."""
 
 
-def rows_for_task(task: str, records: Sequence[FunctionRecord], template: str) -> list[TextPair]:
+def rows_for_task(task: str, records: Sequence[FunctionRecord], template: str) -> list[TextPair] | list[LabelledText]:
     if task not in TEXT_TASKS:
         raise ValueError(f"unknown data.task {task!r}; valid: {', '.join(TEXT_TASKS)}")
     return TEXT_TASKS[task](records, template)
+
+
+def tokenize_task_rows(rows, tokenizer, max_length: int) -> tuple[list[TokenizedExample], int]:
+    """Tokenize rows of either kind (prompt/response pairs or labelled texts)."""
+    if rows and isinstance(rows[0], LabelledText):
+        return tokenize_labelled(rows, tokenizer, max_length)
+    return tokenize_rows(rows, tokenizer, max_length)
 
 
 def tokenize_rows(rows: Sequence[TextPair], tokenizer, max_length: int) -> tuple[list[TokenizedExample], int]:

@@ -82,3 +82,54 @@ def evaluate_generation(
         references.append(tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True).strip())
     model.train(was_training)
     return {"bleu": corpus_smoothed_bleu(candidates, references), "generated": len(candidates)}
+
+
+def classification_scores(labels: Sequence[int], predictions: Sequence[int], num_labels: int) -> dict[str, float]:
+    """Accuracy, F1 (of class 1 for two classes, else macro) and Matthews correlation (multi-class form,
+    as GLUE scores CoLA), all from the confusion matrix."""
+    confusion = torch.zeros((num_labels, num_labels), dtype=torch.float64)
+    for t, p in zip(labels, predictions, strict=True):
+        confusion[t, p] += 1
+    total = confusion.sum()
+    correct = confusion.trace()
+    true_counts, pred_counts = confusion.sum(1), confusion.sum(0)
+    f1s = []
+    for k in range(num_labels):
+        tp = confusion[k, k]
+        denominator = true_counts[k] + pred_counts[k]
+        f1s.append(float(2 * tp / denominator) if denominator > 0 else 0.0)
+    cov = correct * total - (pred_counts * true_counts).sum()
+    var = (total**2 - (pred_counts**2).sum()) * (total**2 - (true_counts**2).sum())
+    return {
+        "accuracy": float(correct / total) if total else 0.0,
+        "f1": f1s[1] if num_labels == 2 else sum(f1s) / num_labels,
+        "mcc": float(cov / var.sqrt()) if var > 0 else 0.0,
+    }
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int, num_labels: int
+) -> dict[str, float]:
+    """Mean cross-entropy per example plus :func:`classification_scores` of the argmax predictions."""
+    from fedpeft.tensors.batching import collate_classification
+
+    if not examples:
+        raise ValueError("cannot evaluate on an empty split")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, labels, predictions = 0.0, [], []
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    for i in range(0, len(ordered), batch_size):
+        batch = {k: v.to(device) for k, v in collate_classification(ordered[i : i + batch_size], pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+        labels += batch["labels"].tolist()
+        predictions += logits.argmax(-1).tolist()
+    model.train(was_training)
+    return {
+        "loss": loss_sum / len(labels),
+        **classification_scores(labels, predictions, num_labels),
+        "examples": len(labels),
+    }

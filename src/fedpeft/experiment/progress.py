@@ -7,6 +7,15 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+HEADLINE_METRICS = [
+    ("perplexity", "ppl"),
+    ("token_accuracy", "acc"),
+    ("bleu", "bleu"),
+    ("accuracy", "acc"),
+    ("f1", "f1"),
+    ("mcc", "mcc"),
+]
+
 
 class RunProgress:
     def __init__(self, quiet: bool = False):
@@ -62,7 +71,11 @@ class RunProgress:
         parts = [f"round {rnd:>3}", f"clients {','.join(map(str, clients)) or '-'}"]
         parts.append(f"train {train_loss:.4f}" if train_loss is not None else "train -")
         if test:
-            parts.append(f"eval {test['loss']:.4f} ppl {test['perplexity']:.2f} acc {test['token_accuracy']:.3f}")
+            shown = [f"eval {test['loss']:.4f}"]
+            for key, label in HEADLINE_METRICS:
+                if key in test:
+                    shown.append(f"{label} {test[key]:.3f}" if key != "perplexity" else f"{label} {test[key]:.2f}")
+            parts.append(" ".join(shown))
         else:
             parts.append("eval -")
         parts.append(f"{bytes_exchanged / 1e6:.3f} MB {seconds:.1f} s")

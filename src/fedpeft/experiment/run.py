@@ -17,8 +17,8 @@ import torch
 from fedpeft.config.recipes import ConfigError, dump_config, load_run_config
 from fedpeft.config.schema import RunConfig
 from fedpeft.data.federated import FederatedData, build_federated_data
-from fedpeft.data.text_tasks import GENERATION_METRICS, SCORE_SPECIAL_TOKENS
-from fedpeft.evaluation.metrics import evaluate_causal_lm, evaluate_generation
+from fedpeft.data.text_tasks import GENERATION_METRICS, SCORE_SPECIAL_TOKENS, TASK_HEADS, TASK_NUM_LABELS
+from fedpeft.evaluation.metrics import evaluate_causal_lm, evaluate_classifier, evaluate_generation
 from fedpeft.experiment.progress import RunProgress
 from fedpeft.fl.client_round import ClientUpdate, LocalTrainingArgs
 from fedpeft.fl.sampling import sample_clients
@@ -109,8 +109,11 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         strategy = build_strategy(config.fl.strategy)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    # The base model comes before the data because the data is tokenized with its tokenizer.
-    base = load_base_model(config.model.name, config.model.dtype)
+    # The base model comes before the data because the data is tokenized with its tokenizer. A new
+    # classification head is initialised here, from the init generator.
+    head = TASK_HEADS[config.data.task]
+    with torch_rng_scope(seed, "init", 1):
+        base = load_base_model(config.model.name, config.model.dtype, head, TASK_NUM_LABELS.get(config.data.task, 2))
     tokenizer = base.tokenizer
     # Data is split once, from its own generator, so every round and every resume sees the same clients.
     data = build_data(config, tokenizer)
@@ -122,6 +125,7 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
             alpha=config.peft.alpha,
             dropout=config.peft.dropout,
             target_modules=config.peft.target_modules,
+            head=head,
         )
     model.eval()
     args = LocalTrainingArgs(
@@ -136,6 +140,7 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         max_grad_norm=config.train.max_grad_norm,
         mask_prompt=not config.data.train_on_inputs,
         pad_id=tokenizer.pad_token_id,
+        head=head,
     )
     runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed)
     return RunState(
@@ -154,18 +159,23 @@ def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[s
     """The global adapter on the test split and on each client's validation split."""
     set_trainable_state(state.model, state.global_state)
     cfg = state.config.eval
+    task = state.config.data.task
     pad = state.tokenizer.pad_token_id
-    unscored = () if SCORE_SPECIAL_TOKENS[state.config.data.task] else state.tokenizer.all_special_ids
-    test = evaluate_causal_lm(state.model, state.data.test, cfg.batch_size, pad, unscored)
-    if state.config.data.task in GENERATION_METRICS:
+    unscored = () if SCORE_SPECIAL_TOKENS[task] else state.tokenizer.all_special_ids
+
+    def evaluate(examples):
+        if TASK_HEADS[task] == "sequence_classification":
+            return evaluate_classifier(state.model, examples, cfg.batch_size, pad, TASK_NUM_LABELS[task])
+        return evaluate_causal_lm(state.model, examples, cfg.batch_size, pad, unscored)
+
+    test = evaluate(state.data.test)
+    if task in GENERATION_METRICS:
         test |= evaluate_generation(state.model, state.tokenizer, state.data.test, cfg.max_new_tokens)
     per_client = {}
     if cfg.clients:
         for c in state.data.clients:
             if c.val:
-                per_client[f"client-{c.client_id}"] = evaluate_causal_lm(
-                    state.model, c.val, cfg.batch_size, pad, unscored
-                )
+                per_client[f"client-{c.client_id}"] = evaluate(c.val)
     return test, per_client
 
 

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 
 from fedpeft.models.state import get_trainable_state, set_trainable_state, trainable_parameters
 from fedpeft.tensors import TensorDict
-from fedpeft.tensors.batching import IGNORE_INDEX, TokenizedExample, collate_causal_lm, count_target_tokens
+from fedpeft.tensors.batching import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    collate_causal_lm,
+    collate_classification,
+    count_target_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class LocalTrainingArgs:
     max_grad_norm: float | None
     mask_prompt: bool
     pad_id: int
+    head: str = "causal_lm"
+    """What the model predicts: next tokens (causal_lm) or a class per example (sequence_classification)."""
 
 
 @dataclass
@@ -48,7 +56,7 @@ class ClientUpdate:
     """Distinct training examples the client holds: the FedAvg weight."""
     num_steps: int
     train_loss: float
-    """Token-weighted mean training loss over the round."""
+    """Mean training loss over the round, per target token (causal LM) or per example (classification)."""
     seconds: float
 
 
@@ -86,6 +94,16 @@ def batch_order(n_examples: int, total_steps: int, batch_size: int, rng: np.rand
     return batches[:total_steps]
 
 
+@dataclass(frozen=True)
+class Objective:
+    """How one head turns examples into a batch, a summed loss, and the count that loss is a sum over
+    (target tokens or examples); a step's loss is the sum over its micro-batches divided by the count."""
+
+    collate: Callable[..., dict[str, torch.Tensor]]
+    loss_sum: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+    count: Callable[[dict[str, torch.Tensor]], int]
+
+
 def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over the labelled tokens of ``batch``."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -95,6 +113,18 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+
+
+def class_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy of the example labels."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+
+
+OBJECTIVES = {
+    "causal_lm": Objective(collate_causal_lm, token_loss_sum, lambda b: count_target_tokens(b["labels"])),
+    "sequence_classification": Objective(collate_classification, class_loss_sum, lambda b: len(b["labels"])),
+}
 
 
 def train_client_round(
@@ -119,21 +149,22 @@ def train_client_round(
     total_steps = count_local_steps(len(examples), args)
     n_warmup = warmup_steps(total_steps, args.warmup_ratio)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    objective = OBJECTIVES[args.head]
     model.train()
     loss_sum, token_total = 0.0, 0
     for step, idx in enumerate(batch_order(len(examples), total_steps, args.batch_size, rng)):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step, total_steps, n_warmup, args.schedule)
         micro = [
-            collate_causal_lm([examples[i] for i in idx[j : j + args.micro_batch_size]], args.pad_id, args.mask_prompt)
+            objective.collate([examples[i] for i in idx[j : j + args.micro_batch_size]], args.pad_id, args.mask_prompt)
             for j in range(0, len(idx), args.micro_batch_size)
         ]
-        step_tokens = sum(count_target_tokens(b["labels"]) for b in micro)
+        step_tokens = sum(objective.count(b) for b in micro)
         if step_tokens == 0:
             continue
         for batch in micro:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = token_loss_sum(model, batch)
+            loss = objective.loss_sum(model, batch)
             (loss / step_tokens).backward()
             loss_sum += float(loss.detach())
         token_total += step_tokens

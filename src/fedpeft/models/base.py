@@ -63,15 +63,26 @@ def _unreachable(name: str, err: Exception) -> str:
     )
 
 
-def load_base_model(name: str, dtype: str = "float32") -> LoadedBase:
+HEADS = ("causal_lm", "sequence_classification")
+
+
+def load_base_model(name: str, dtype: str = "float32", head: str = "causal_lm", num_labels: int = 2) -> LoadedBase:
     """The frozen base model and tokenizer named by ``model.name``; a tokenizer without a pad token
     gets its end-of-sequence token as pad (labels mask padding, so this changes no loss)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    if head not in HEADS:
+        raise ValueError(f"unknown model head {head!r}; valid: {', '.join(HEADS)}")
     tokenizer = load_tokenizer(name)
     source = resolve_model_source(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+        if head == "causal_lm":
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+        else:
+            # The new classification head is initialised from the caller's torch RNG (seed it there).
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, dtype=DTYPES[dtype], num_labels=num_labels, pad_token_id=tokenizer.pad_token_id
+            )
     except OSError as err:
         raise ModelLoadError(_unreachable(name, err)) from err
     for param in model.parameters():

@@ -40,10 +40,20 @@ def resolve_target_modules(model: torch.nn.Module, target_modules: list[str] | s
     return list(target_modules)
 
 
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
+
+
 def apply_lora(
-    model: torch.nn.Module, *, r: int, alpha: float, dropout: float, target_modules: list[str] | str
+    model: torch.nn.Module,
+    *,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str] | str,
+    head: str = "causal_lm",
 ) -> torch.nn.Module:
-    """Wrap ``model`` in a peft LoRA model; only the LoRA matrices are trainable."""
+    """Wrap ``model`` in a peft LoRA model. Only the LoRA matrices are trainable, plus, for a
+    classification head, the head itself (peft's modules_to_save), which then travels with the adapter."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -51,6 +61,6 @@ def apply_lora(
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=resolve_target_modules(model, target_modules),
-        task_type="CAUSAL_LM",
+        task_type=PEFT_TASK_TYPES[head],
     )
     return get_peft_model(model, config)

@@ -16,6 +16,8 @@ class TokenizedExample:
     prompt_len: int
     """Number of leading prompt tokens; the rest is the response."""
     category: str = ""
+    label: int = -1
+    """Class id for classification tasks (-1: none)."""
 
 
 def collate_causal_lm(examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool) -> dict[str, torch.Tensor]:
@@ -38,3 +40,19 @@ def collate_causal_lm(examples: Sequence[TokenizedExample], pad_id: int, mask_pr
 def count_target_tokens(labels: torch.Tensor) -> int:
     """Tokens that carry loss after the next-token shift (the first position never does)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def collate_classification(
+    examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool = False
+) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; labels are the class ids (one per example)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
+        mask[i, : len(e.input_ids)] = 1
+    labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+    if (labels < 0).any():
+        raise ValueError("classification batch has examples without a label")
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
