@@ -54,6 +54,7 @@ def run(
 ) -> None:
     """Run a federated fine-tuning job."""
     from fedpeft.data.partition import PartitionError
+    from fedpeft.data.sources import DataSourceError
     from fedpeft.experiment.run import RunInterrupted, run_experiment
     from fedpeft.models.base import ModelLoadError
 
@@ -65,7 +66,7 @@ def run(
             run_dir, summary = run_experiment(resume_dir=resume, overrides=overrides, quiet=quiet)
         else:
             run_dir, summary = run_experiment(load_config(recipe, overrides), quiet=quiet)
-    except (ConfigError, PartitionError, ModelLoadError) as err:
+    except (ConfigError, PartitionError, ModelLoadError, DataSourceError) as err:
         _fail(str(err))
     except RunInterrupted as err:
         _fail(str(err), code=130)
@@ -84,12 +85,13 @@ def partition(
 ) -> None:
     """Show how a recipe splits its data: a clients x categories table and a heatmap PNG."""
     from fedpeft.data.partition import PartitionError
+    from fedpeft.data.sources import DataSourceError
     from fedpeft.experiment.partition_report import partition_report
     from fedpeft.models.base import ModelLoadError
 
     try:
         partition_report(load_config(recipe, list(set_ or [])), png)
-    except (ConfigError, PartitionError, ModelLoadError) as err:
+    except (ConfigError, PartitionError, ModelLoadError, DataSourceError) as err:
         _fail(str(err))
 
 

@@ -265,3 +265,22 @@ def test_defect_classifier_adapter_carries_its_head_and_reloads_in_peft(micro_co
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     with torch.no_grad():
         assert torch.equal(loaded(**inputs).logits, state.model(**inputs).logits)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "schema", "task", "metric"),
+    [
+        ("cola.csv", "cola", "text_classification", "mcc"),
+        ("dolly.jsonl", "dolly", "instruction", "token_accuracy"),
+    ],
+)
+def test_runs_on_a_local_file_in_a_published_schema(micro_config, fixture, schema, task, metric):
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "fixtures" / fixture
+    config = micro_config(
+        f"data.source={path}", f"data.schema={schema}", f"data.task={task}", "data.test_size=4", "fl.rounds=1"
+    )
+    run_dir, summary = run_experiment(config, quiet=True)
+    assert summary["status"] == "completed" and metric in summary["final_eval"]
+    assert json.loads((run_dir / "partition.json").read_text())["test_rows"] == 4

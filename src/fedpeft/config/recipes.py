@@ -93,7 +93,7 @@ def _explain(err: ValidationError) -> str:
         key = ".".join(loc)
         if e["type"] == "extra_forbidden":
             section = _section_model(loc[:-1])
-            valid = ", ".join(section.model_fields) if section else "?"
+            valid = ", ".join(f.alias or n for n, f in section.model_fields.items()) if section else "?"
             where = ".".join(loc[:-1]) or "top level"
             lines.append(f"unknown key {key!r}; valid keys in {where}: {valid}")
         elif e["type"] == "literal_error":

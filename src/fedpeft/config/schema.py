@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
 
 class ModelConfig(Section):
@@ -34,12 +34,23 @@ class PeftConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["stdlib"] = Field("stdlib", description="Where rows come from: the built-in stdlib corpus.")
-    task: Literal["instruction", "completion", "code_to_text", "defect"] = Field(
+    source: str = Field(
+        "stdlib",
+        description="Where rows come from: 'stdlib' (built-in corpus), a known hub id (e.g. "
+        "databricks/databricks-dolly-15k, nyu-mll/glue/cola) or a local .json/.jsonl/.csv/.parquet file.",
+    )
+    schema_: str | None = Field(
+        None,
+        alias="schema",
+        description="Published schema of a local file: dolly, guanaco-commits, cola, sst2, codexglue-defect, "
+        "codexglue-code-to-text, codexglue-completion.",
+    )
+    task: Literal["instruction", "completion", "code_to_text", "defect", "text_classification"] = Field(
         "instruction",
         description="instruction: signature + docstring -> body (Alpaca template); completion: whole functions, "
         "token accuracy ignoring special tokens; code_to_text: function -> first docstring sentence, smoothed "
-        "BLEU-4 (CodeXGLUE); defect: function -> buggy or clean (injected bugs), a classification head.",
+        "BLEU-4 (CodeXGLUE); defect: function -> buggy or clean (injected bugs), a classification head; "
+        "text_classification: sentence -> label (CoLA, SST-2), MCC and accuracy.",
     )
     modules: list[str] | None = Field(None, description="Restrict the stdlib corpus to these top-level modules.")
     max_rows: int | None = Field(None, gt=0, description="Keep a seeded random subset of this many rows.")

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedpeft.data.partition import PartitionError, category_table, partition_rows
+from fedpeft.data.sources import DataSourceError, load_source_rows
 from fedpeft.data.stdlib_corpus import load_stdlib_corpus
-from fedpeft.data.text_tasks import rows_for_task, tokenize_task_rows
+from fedpeft.data.text_tasks import TASK_NUM_LABELS, LabelledText, rows_for_task, tokenize_task_rows
 from fedpeft.tensors.batching import TokenizedExample
 
 
@@ -35,9 +36,21 @@ class FederatedData:
     """Row counts, dropped rows and the clients x categories table; written to partition.json."""
 
 
-def load_rows(source: str, modules: list[str] | None, task: str = "instruction", template: str = "alpaca"):
+def load_rows(
+    source: str,
+    modules: list[str] | None,
+    task: str = "instruction",
+    template: str = "alpaca",
+    schema: str | None = None,
+):
+    """Task rows from the stdlib corpus or a named dataset; labels are checked against the task."""
     if source != "stdlib":
-        raise ValueError(f"unknown data.source {source!r}; valid: stdlib")
+        rows = load_source_rows(source, schema, task, template)
+        n_labels = TASK_NUM_LABELS.get(task)
+        bad = [r.label for r in rows if isinstance(r, LabelledText) and not 0 <= r.label < (n_labels or 0)]
+        if bad:
+            raise DataSourceError(f"data.source {source!r}: label {bad[0]} is outside 0..{n_labels - 1} for {task}")
+        return rows
     records = load_stdlib_corpus(modules)
     if not records:
         raise PartitionError(f"data.modules={modules} matched no stdlib functions; check the module names")
@@ -50,6 +63,7 @@ def build_federated_data(
     source: str,
     task: str,
     modules: list[str] | None,
+    schema: str | None,
     max_rows: int | None,
     test_size: int,
     val_fraction: float,
@@ -65,9 +79,12 @@ def build_federated_data(
 ) -> FederatedData:
     """Global test rows come from the corpus 'test' split (never seen in pretraining); client rows from
     'train'. ``max_rows`` caps the client pool; ``test_size`` the test rows."""
-    rows = load_rows(source, modules, task, template)
+    rows = load_rows(source, modules, task, template, schema)
     test_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "test"]
     pool_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "train"]
+    if not test_rows:
+        # A source without its own test split: hold out 2 x test_size random rows (some may be too long).
+        test_rows, pool_rows = pool_rows[: 2 * test_size], pool_rows[2 * test_size :]
     test, dropped_test = tokenize_task_rows(test_rows, tokenizer, max_length)
     if len(test) < test_size:
         raise PartitionError(

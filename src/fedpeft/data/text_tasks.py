@@ -131,10 +131,17 @@ TEXT_TASKS: dict[str, Callable[[Sequence[FunctionRecord], str], list[TextPair]]]
     "defect": defect_rows,
 }
 TASK_HEADS = {"instruction": "causal_lm", "completion": "causal_lm", "code_to_text": "causal_lm"} | {
-    "defect": "sequence_classification"
+    "defect": "sequence_classification",
+    "text_classification": "sequence_classification",
 }
-TASK_NUM_LABELS = {"defect": 2}
-SCORE_SPECIAL_TOKENS = {"instruction": True, "completion": False, "code_to_text": True, "defect": True}
+TASK_NUM_LABELS = {"defect": 2, "text_classification": 2}
+SCORE_SPECIAL_TOKENS = {
+    "instruction": True,
+    "completion": False,
+    "code_to_text": True,
+    "defect": True,
+    "text_classification": True,
+}
 """Whether a task's token accuracy counts special tokens (end-of-sequence): CodeXGLUE's completion
 metric ignores them; for instructions, knowing where to stop is part of the answer."""
 
@@ -145,7 +152,10 @@ GENERATION_METRICS = {"code_to_text": "bleu"}
 
 def rows_for_task(task: str, records: Sequence[FunctionRecord], template: str) -> list[TextPair] | list[LabelledText]:
     if task not in TEXT_TASKS:
-        raise ValueError(f"unknown data.task {task!r}; valid: {', '.join(TEXT_TASKS)}")
+        raise ValueError(
+            f"data.task={task!r} has no built-in stdlib version; give it a labelled dataset, e.g. "
+            f"--set data.source=nyu-mll/glue/cola or a local file with data.schema=cola"
+        )
     return TEXT_TASKS[task](records, template)
 
 

@@ -85,6 +85,7 @@ def build_data(config: RunConfig, tokenizer) -> FederatedData:
         source=d.source,
         task=d.task,
         modules=d.modules,
+        schema=d.schema_,
         max_rows=d.max_rows,
         test_size=d.test_size,
         val_fraction=d.val_fraction,

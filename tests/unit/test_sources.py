@@ -1,0 +1,92 @@
+"""Named datasets in their published schemas, loaded from small local fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedpeft.data.federated import load_rows
+from fedpeft.data.sources import DataSourceError, load_source_rows
+from fedpeft.data.text_tasks import LabelledText, TextPair
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+
+
+def test_dolly_rows_use_the_alpaca_template_with_context():
+    rows = load_source_rows(str(FIXTURES / "dolly.jsonl"), "dolly", "instruction", "alpaca")
+    assert len(rows) == 30 and all(isinstance(r, TextPair) for r in rows)
+    assert "### Instruction:\nName 2 uses of a kettle.\n\nInput:\nA short note" in rows[0].prompt
+    assert "Input:" not in rows[1].prompt
+    assert rows[0].response.startswith("It can hold") and rows[1].category == "closed_qa"
+
+
+def test_guanaco_commits_use_astraios_question_answer_format():
+    row = load_source_rows(str(FIXTURES / "guanaco_commits.jsonl"), "guanaco-commits", "instruction", "alpaca")[3]
+    assert row.prompt == "Question: Fix the off-by-one error in loop number 3 of the parser.\n\nAnswer: "
+    assert row.response.startswith("for i in range(len(items) - 0)")
+
+
+def test_cola_csv_gives_integer_labels():
+    rows = load_source_rows(str(FIXTURES / "cola.csv"), "cola", "text_classification", "alpaca")
+    assert len(rows) == 36 and all(isinstance(r, LabelledText) for r in rows)
+    assert [r.label for r in rows[:4]] == [1, 0, 1, 0] and rows[0].text == "The cat sat on the mat 0."
+
+
+def test_codexglue_schemas():
+    defect = load_source_rows(str(FIXTURES / "codexglue_defect.jsonl"), "codexglue-defect", "defect", "alpaca")
+    assert [(r.label, r.category) for r in defect[:2]] == [(0, "FFmpeg"), (1, "qemu")]
+    c2t = load_source_rows(
+        str(FIXTURES / "codexglue_code_to_text.jsonl"), "codexglue-code-to-text", "code_to_text", "alpaca"
+    )
+    assert c2t[4].response == "Add 4 to x ." and c2t[4].category == "pallets"  # repo owner
+    assert "def f4 ( x ) : return x + 4" in c2t[4].prompt
+    completion = load_source_rows(
+        str(FIXTURES / "codexglue_completion.jsonl"), "codexglue-completion", "completion", "alpaca"
+    )
+    assert completion[0].prompt == "" and completion[0].response.startswith("<s> import os def f0")
+
+
+def test_parquet_and_json_array_files_load_the_same_rows(tmp_path):
+    import datasets
+
+    records = [json.loads(line) for line in (FIXTURES / "dolly.jsonl").read_text().splitlines()]
+    datasets.Dataset.from_list(records).to_parquet(str(tmp_path / "dolly.parquet"))
+    (tmp_path / "dolly.json").write_text(json.dumps(records))
+    expected = load_source_rows(str(FIXTURES / "dolly.jsonl"), "dolly", "instruction", "alpaca")
+    for name in ("dolly.parquet", "dolly.json"):
+        assert load_source_rows(str(tmp_path / name), "dolly", "instruction", "alpaca") == expected
+
+
+def test_missing_column_names_the_column_and_the_schema(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"instruction": "x", "context": "", "category": "c"}) + "\n")
+    with pytest.raises(DataSourceError, match=r"lacks column\(s\) \['response'\] of the 'dolly' schema; it needs: "):
+        load_source_rows(str(path), "dolly", "instruction", "alpaca")
+
+
+def test_wrong_task_unknown_source_and_missing_file():
+    with pytest.raises(
+        DataSourceError, match="data.task='defect' cannot use the 'dolly' schema; it feeds: instruction"
+    ):
+        load_source_rows(str(FIXTURES / "dolly.jsonl"), "dolly", "defect", "alpaca")
+    with pytest.raises(DataSourceError, match="neither 'stdlib', a known hub id"):
+        load_source_rows("someone/some-dataset", None, "instruction", "alpaca")
+    with pytest.raises(DataSourceError, match="no such file"):
+        load_source_rows("missing.jsonl", "dolly", "instruction", "alpaca")
+    with pytest.raises(DataSourceError, match="pair-classification head"):
+        load_source_rows("x.jsonl", "codexglue-clone", "defect", "alpaca")
+
+
+def test_unreachable_hub_says_how_to_pass_a_local_file(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataSourceError, match=r"could not load 'databricks/databricks-dolly-15k'.*data.source=/path"):
+        load_source_rows("databricks/databricks-dolly-15k", None, "instruction", "alpaca")
+
+
+def test_labels_outside_the_task_range_are_rejected(tmp_path):
+    path = tmp_path / "cola.csv"
+    path.write_text("sentence,label\nfine.,1\nodd.,2\n")
+    with pytest.raises(DataSourceError, match="label 2 is outside 0..1"):
+        load_rows(str(path), None, "text_classification", "alpaca", "cola")
