@@ -284,3 +284,15 @@ def test_runs_on_a_local_file_in_a_published_schema(micro_config, fixture, schem
     run_dir, summary = run_experiment(config, quiet=True)
     assert summary["status"] == "completed" and metric in summary["final_eval"]
     assert json.loads((run_dir / "partition.json").read_text())["test_rows"] == 4
+
+
+def test_clone_threshold_is_chosen_on_validation_not_test(micro_config):
+    from fedpeft.evaluation.metrics import best_f1_threshold, classifier_outputs
+
+    config = micro_config("data.task=clone", "data.max_length=768", "data.test_size=20", "fl.rounds=1")
+    run_dir, summary = run_experiment(config, quiet=True)
+    state = setup(config, run_dir)
+    set_trainable_state(state.model, load_checkpoint(list_checkpoints(run_dir)[-1]).global_state)
+    val = [e for c in state.data.clients for e in c.val]
+    _, labels, probs = classifier_outputs(state.model, val, 16, state.tokenizer.pad_token_id)
+    assert summary["final_eval"]["threshold"] == pytest.approx(best_f1_threshold(labels, probs[:, 1]))

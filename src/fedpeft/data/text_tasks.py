@@ -9,6 +9,8 @@ tokenization with the prompt boundary kept exact.
   the docstring's first sentence; scored by smoothed BLEU-4 of greedy generations on the test split.
 - ``defect`` (CodeXGLUE defect detection, offline): a function, clean or with one injected bug
   (``fedpeft.data.defects``) -> label; a sequence-classification head; accuracy, F1 and MCC.
+- ``clone`` (CodeXGLUE clone detection, offline): a pair of functions -> clone or not
+  (``fedpeft.data.clones``), classified as one sequence; F1 at a threshold chosen on validation.
 
 The category of every row is its top-level module (the natural client id); its split is the source
 function's corpus split.
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedpeft.data.defects import defect_example
+from fedpeft.data.clones import rewrite_clone
+from fedpeft.data.defects import defect_example, normalize_code, parses
 from fedpeft.data.stdlib_corpus import FunctionRecord, corpus_split
 from fedpeft.tensors.batching import TokenizedExample
 
@@ -96,6 +99,8 @@ class LabelledText:
     split: str = "train"
     kind: str = ""
     """What produced the label (for defects: the mutation, or 'clean')."""
+    text_b: str = ""
+    """Second text of a pair task (clone detection); empty for single-text tasks."""
 
 
 def defect_rows(records: Sequence[FunctionRecord], template: str = "") -> list[LabelledText]:
@@ -111,14 +116,43 @@ def defect_rows(records: Sequence[FunctionRecord], template: str = "") -> list[L
     return rows
 
 
+def clone_rows(records: Sequence[FunctionRecord], template: str = "") -> list[LabelledText]:
+    """One pair per function: with a seeded coin, the function and a semantics-preserving rewrite of it
+    (label 1) or the function and another function of the same module and corpus split (label 0), so no
+    function crosses splits."""
+    groups: dict[tuple[str, str], list[FunctionRecord]] = {}
+    for rec in records:
+        if parses(rec.code):
+            groups.setdefault((rec.module, corpus_split(rec)), []).append(rec)
+    rows = []
+    for (module, split), group in groups.items():
+        for rec in group:
+            rng = np.random.default_rng(zlib.crc32(rec.qualname.encode()))
+            rewrite = rewrite_clone(rec.code, rng)
+            if rewrite is None or len(group) < 2:
+                continue  # only functions that can be both sides take part, so the coin stays fair
+            if rng.random() < 0.5:
+                other, label = rewrite, 1
+            else:
+                partner = group[int(rng.integers(len(group) - 1))]
+                partner = partner if partner is not rec else group[-1]
+                other, label = normalize_code(partner.code), 0
+            original = normalize_code(rec.code)
+            a, b = (original, other) if rng.random() < 0.5 else (other, original)
+            rows.append(LabelledText(a, label, module, split, "clone" if label else "different", text_b=b))
+    return rows
+
+
 def tokenize_labelled(rows: Sequence[LabelledText], tokenizer, max_length: int) -> tuple[list[TokenizedExample], int]:
     """BOS + text + EOS; rows longer than ``max_length`` are dropped, not cut, since the evidence for the
     label (an injected bug) may sit in the part that would be cut. Returns the examples and the drop count."""
     ids = tokenizer([r.text for r in rows], add_special_tokens=False)["input_ids"]
+    ids_b = tokenizer([r.text_b for r in rows], add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id]
     out = []
-    for row, tokens in zip(rows, ids, strict=True):
-        full = bos + tokens + [tokenizer.eos_token_id]
+    for row, tokens, tokens_b in zip(rows, ids, ids_b, strict=True):
+        full = bos + tokens + eos + (tokens_b + eos if row.text_b else [])
         if len(full) <= max_length:
             out.append(TokenizedExample(tuple(full), prompt_len=0, category=row.category, label=row.label))
     return out, len(rows) - len(out)
@@ -129,17 +163,23 @@ TEXT_TASKS: dict[str, Callable[[Sequence[FunctionRecord], str], list[TextPair]]]
     "completion": completion_rows,
     "code_to_text": code_to_text_rows,
     "defect": defect_rows,
+    "clone": clone_rows,
 }
 TASK_HEADS = {"instruction": "causal_lm", "completion": "causal_lm", "code_to_text": "causal_lm"} | {
     "defect": "sequence_classification",
+    "clone": "sequence_classification",
     "text_classification": "sequence_classification",
 }
-TASK_NUM_LABELS = {"defect": 2, "text_classification": 2}
+TASK_NUM_LABELS = {"defect": 2, "clone": 2, "text_classification": 2}
+THRESHOLD_ON_VALIDATION = {"clone"}
+"""Tasks whose F1 is taken at the decision threshold that maximises F1 on the clients' validation rows
+(S0 tuned it on the evaluation set; we never do)."""
 SCORE_SPECIAL_TOKENS = {
     "instruction": True,
     "completion": False,
     "code_to_text": True,
     "defect": True,
+    "clone": True,
     "text_classification": True,
 }
 """Whether a task's token accuracy counts special tokens (end-of-sequence): CodeXGLUE's completion

@@ -108,10 +108,10 @@ def classification_scores(labels: Sequence[int], predictions: Sequence[int], num
 
 
 @torch.no_grad()
-def evaluate_classifier(
-    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int, num_labels: int
-) -> dict[str, float]:
-    """Mean cross-entropy per example plus :func:`classification_scores` of the argmax predictions."""
+def classifier_outputs(
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int
+) -> tuple[float, list[int], torch.Tensor]:
+    """(summed cross-entropy, labels, class probabilities) over ``examples``, in a length-sorted order."""
     from fedpeft.tensors.batching import collate_classification
 
     if not examples:
@@ -119,17 +119,43 @@ def evaluate_classifier(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    loss_sum, labels, predictions = 0.0, [], []
+    loss_sum, labels, probs = 0.0, [], []
     ordered = sorted(examples, key=lambda e: len(e.input_ids))
     for i in range(0, len(ordered), batch_size):
         batch = {k: v.to(device) for k, v in collate_classification(ordered[i : i + batch_size], pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
         labels += batch["labels"].tolist()
-        predictions += logits.argmax(-1).tolist()
+        probs.append(logits.softmax(-1).cpu())
     model.train(was_training)
-    return {
-        "loss": loss_sum / len(labels),
-        **classification_scores(labels, predictions, num_labels),
-        "examples": len(labels),
-    }
+    return loss_sum, labels, torch.cat(probs)
+
+
+def best_f1_threshold(labels: Sequence[int], positive_probs: torch.Tensor) -> float:
+    """The decision threshold on P(class 1) that maximises F1 on these rows (the smallest on ties)."""
+    best_threshold, best_f1 = 0.5, -1.0
+    for threshold in sorted(set(positive_probs.tolist())):
+        predictions = (positive_probs >= threshold).long().tolist()
+        f1 = classification_scores(labels, predictions, 2)["f1"]
+        if f1 > best_f1:
+            best_threshold, best_f1 = threshold, f1
+    return best_threshold
+
+
+def evaluate_classifier(
+    model: torch.nn.Module,
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_id: int,
+    num_labels: int,
+    threshold: float | None = None,
+) -> dict[str, float]:
+    """Mean cross-entropy per example plus :func:`classification_scores` of the predictions: the argmax,
+    or, for two classes with a ``threshold``, P(class 1) >= threshold."""
+    loss_sum, labels, probs = classifier_outputs(model, examples, batch_size, pad_id)
+    if threshold is None:
+        predictions = probs.argmax(-1).tolist()
+    else:
+        predictions = (probs[:, 1] >= threshold).long().tolist()
+    scores = {"loss": loss_sum / len(labels), **classification_scores(labels, predictions, num_labels)}
+    return scores | {"examples": len(labels)} | ({"threshold": threshold} if threshold is not None else {})

@@ -17,8 +17,20 @@ import torch
 from fedpeft.config.recipes import ConfigError, dump_config, load_run_config
 from fedpeft.config.schema import RunConfig
 from fedpeft.data.federated import FederatedData, build_federated_data
-from fedpeft.data.text_tasks import GENERATION_METRICS, SCORE_SPECIAL_TOKENS, TASK_HEADS, TASK_NUM_LABELS
-from fedpeft.evaluation.metrics import evaluate_causal_lm, evaluate_classifier, evaluate_generation
+from fedpeft.data.text_tasks import (
+    GENERATION_METRICS,
+    SCORE_SPECIAL_TOKENS,
+    TASK_HEADS,
+    TASK_NUM_LABELS,
+    THRESHOLD_ON_VALIDATION,
+)
+from fedpeft.evaluation.metrics import (
+    best_f1_threshold,
+    classifier_outputs,
+    evaluate_causal_lm,
+    evaluate_classifier,
+    evaluate_generation,
+)
 from fedpeft.experiment.progress import RunProgress
 from fedpeft.fl.client_round import ClientUpdate, LocalTrainingArgs
 from fedpeft.fl.sampling import sample_clients
@@ -164,9 +176,18 @@ def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[s
     pad = state.tokenizer.pad_token_id
     unscored = () if SCORE_SPECIAL_TOKENS[task] else state.tokenizer.all_special_ids
 
+    threshold = None
+    if task in THRESHOLD_ON_VALIDATION:
+        val = [e for c in state.data.clients for e in c.val]
+        if not val:
+            raise ConfigError(f"data.task={task} chooses its threshold on validation rows; set data.val_fraction > 0")
+        _, val_labels, val_probs = classifier_outputs(state.model, val, cfg.batch_size, pad)
+        threshold = best_f1_threshold(val_labels, val_probs[:, 1])
+
     def evaluate(examples):
         if TASK_HEADS[task] == "sequence_classification":
-            return evaluate_classifier(state.model, examples, cfg.batch_size, pad, TASK_NUM_LABELS[task])
+            n_labels = TASK_NUM_LABELS[task]
+            return evaluate_classifier(state.model, examples, cfg.batch_size, pad, n_labels, threshold)
         return evaluate_causal_lm(state.model, examples, cfg.batch_size, pad, unscored)
 
     test = evaluate(state.data.test)
