@@ -21,6 +21,10 @@ from fedpeft.tensors.batching import collate_causal_lm
 from tests.integration.conftest import MICRO
 
 
+# Tasks that rewrite every function's AST are built from a few modules to keep the tests quick.
+FEW_MODULES = "data.modules=[email, logging, argparse, http, json, csv, collections, asyncio, urllib]"
+
+
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -248,7 +252,7 @@ def test_defect_classifier_adapter_carries_its_head_and_reloads_in_peft(micro_co
 
     from fedpeft.tensors.batching import collate_classification
 
-    config = micro_config("data.task=defect", "data.max_length=384", "fl.rounds=1")
+    config = micro_config("data.task=defect", "data.max_length=384", "data.test_size=8", "fl.rounds=1", FEW_MODULES)
     run_dir, summary = run_experiment(config, quiet=True)
     assert {"accuracy", "f1", "mcc", "loss"} <= summary["final_eval"].keys()
     adapter = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
@@ -289,7 +293,7 @@ def test_runs_on_a_local_file_in_a_published_schema(micro_config, fixture, schem
 def test_clone_threshold_is_chosen_on_validation_not_test(micro_config):
     from fedpeft.evaluation.metrics import best_f1_threshold, classifier_outputs
 
-    config = micro_config("data.task=clone", "data.max_length=768", "data.test_size=20", "fl.rounds=1")
+    config = micro_config("data.task=clone", "data.max_length=768", "data.test_size=8", "fl.rounds=1", FEW_MODULES)
     run_dir, summary = run_experiment(config, quiet=True)
     state = setup(config, run_dir)
     set_trainable_state(state.model, load_checkpoint(list_checkpoints(run_dir)[-1]).global_state)
