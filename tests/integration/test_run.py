@@ -20,7 +20,6 @@ from fedpeft.reporting.checkpoint import list_checkpoints, load_checkpoint
 from fedpeft.tensors.batching import collate_causal_lm
 from tests.integration.conftest import MICRO
 
-
 # Tasks that rewrite every function's AST are built from a few modules to keep the tests quick.
 FEW_MODULES = "data.modules=[email, logging, argparse, http, json, csv, collections, asyncio, urllib]"
 
