@@ -78,6 +78,20 @@ def run(
 
 
 @app.command()
+def corpus(top: Annotated[int, typer.Option(help="Modules to list.")] = 15) -> None:
+    """Size report of the built-in stdlib corpus: functions, splits and the largest modules."""
+    from fedpeft.data.stdlib_corpus import corpus_report, corpus_split, load_stdlib_corpus, stdlib_dir
+
+    records = load_stdlib_corpus()
+    splits = {s: sum(corpus_split(r) == s for r in records) for s in ("train", "valid", "test")}
+    per_module = corpus_report(records)
+    typer.echo(f"{len(records)} documented functions from {stdlib_dir()} in {len(per_module)} top-level modules")
+    typer.echo(f"{sum(len(r.code) for r in records) / 1e6:.2f} M characters; splits: {splits}")
+    for module, count in list(per_module.items())[:top]:
+        typer.echo(f"  {module:<20} {count}")
+
+
+@app.command()
 def partition(
     recipe: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")] = "default",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
