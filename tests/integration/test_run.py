@@ -299,3 +299,25 @@ def test_clone_threshold_is_chosen_on_validation_not_test(micro_config):
     val = [e for c in state.data.clients for e in c.val]
     _, labels, probs = classifier_outputs(state.model, val, 16, state.tokenizer.pad_token_id)
     assert summary["final_eval"]["threshold"] == pytest.approx(best_f1_threshold(labels, probs[:, 1]))
+
+
+def test_resume_refuses_fewer_rounds_than_done_and_bad_targets_are_config_errors(micro_config):
+    run_dir, _ = run_experiment(micro_config("fl.rounds=2"), quiet=True)
+    with pytest.raises(ConfigError, match="fl.rounds=1 is below the 2 rounds"):
+        run_experiment(resume_dir=run_dir, overrides=["fl.rounds=1"], quiet=True)
+    with pytest.raises(ConfigError, match=r"peft.target_modules \['nope'\] not found"):
+        run_experiment(micro_config("peft.target_modules=[nope]"), quiet=True)
+    with pytest.raises(ConfigError, match="data.val_fraction > 0"):
+        run_experiment(
+            micro_config(
+                "data.task=clone", "data.val_fraction=0", "data.max_length=768", "data.test_size=8", FEW_MODULES
+            ),
+            quiet=True,
+        )
+
+
+def test_code_to_text_references_are_the_full_docstring_sentence(micro_config, tmp_path):
+    state = setup(micro_config("data.task=code_to_text", "data.max_length=160"), tmp_path)
+    decoded = [state.tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True) for e in state.data.test]
+    assert all(e.reference for e in state.data.test)
+    assert any(len(e.reference) > len(d.strip()) for e, d in zip(state.data.test, decoded, strict=True))

@@ -31,3 +31,19 @@ def test_metrics_log_truncates_rounds_after_checkpoint(tmp_path):
         log.append({"type": "round", "round": rnd})
     log.truncate_after(2)
     assert [r["round"] for r in log.read()] == [0, 1, 2]
+
+
+def test_checkpoints_sort_by_round_number_not_name(tmp_path):
+    for rnd in (9999, 10000):
+        save_checkpoint(tmp_path, Checkpoint(rnd, {"a": torch.zeros(1)}, {}, {}), keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["round-10000"]
+
+
+def test_a_torn_last_log_line_is_skipped(tmp_path):
+    log = MetricsLog(tmp_path / "m.jsonl")
+    log.append({"type": "round", "round": 1})
+    with log.path.open("a") as fh:
+        fh.write('{"type": "round", "rou')
+    assert log.read() == [{"type": "round", "round": 1}]
+    log.truncate_after(1)
+    assert log.path.read_text() == '{"type": "round", "round": 1}\n'

@@ -79,3 +79,10 @@ def test_clone_rows_are_balanced_and_never_cross_splits_or_modules():
 def test_best_f1_threshold_by_hand():
     # Thresholds 0.1, 0.35, 0.4, 0.8 give F1 2/3, 0.8, 0.5, 2/3.
     assert best_f1_threshold([0, 0, 1, 1], torch.tensor([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.35)
+
+
+def test_functions_with_a_lambda_keep_their_names():
+    code = "def f(xs):\n    for item in xs:\n        pass\n    return sorted(xs, key=lambda item: item.k)"
+    for seed in range(10):
+        rewritten = rewrite_clone(code, np.random.default_rng(seed))
+        assert rewritten is None or "lambda item: item.k" in rewritten

@@ -20,6 +20,8 @@ def test_warmup_ends_then_lr_decays_and_never_hits_zero(schedule, total):
     assert peak == n_warm
     assert all(a <= b for a, b in pairwise(factors[: peak + 1]))
     assert all(a >= b for a, b in pairwise(factors[peak:]))
+    if total >= 2:
+        assert factors[-1] < max(factors)  # the LR decays after its peak, in every round
 
 
 def test_hand_computed_factors():

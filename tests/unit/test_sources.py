@@ -90,3 +90,24 @@ def test_labels_outside_the_task_range_are_rejected(tmp_path):
     path.write_text("sentence,label\nfine.,1\nodd.,2\n")
     with pytest.raises(DataSourceError, match="label 2 is outside 0..1"):
         load_rows(str(path), None, "text_classification", "alpaca", "cola")
+
+
+def test_a_source_that_is_neither_a_file_nor_the_schemas_hub_id_is_refused():
+    with pytest.raises(DataSourceError, match="neither a local .json"):
+        load_source_rows("cola.tsv", "cola", "text_classification", "alpaca")
+    with pytest.raises(DataSourceError, match="nor the hub id of the 'cola' schema"):
+        load_source_rows("nyu-mll/glue/sst2", "cola", "text_classification", "alpaca")
+
+
+def test_encoder_tokenizers_use_cls_and_sep():
+    from types import SimpleNamespace
+
+    from fedpeft.data.text_tasks import LabelledText, tokenize_labelled
+
+    class Bertish(SimpleNamespace):
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+    tok = Bertish(bos_token_id=None, eos_token_id=None, cls_token_id=101, sep_token_id=102)
+    (example,), _ = tokenize_labelled([LabelledText("ab", 1, "c", text_b="c")], tok, 16)
+    assert example.input_ids == (101, 97, 98, 102, 99, 102)

@@ -35,7 +35,9 @@ def _locals_to_rename(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]
         for node in ast.walk(func)
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id not in declared
     }
-    nested = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)) for n in func.body)
+    # Lambdas, nested defs and classes bind parameters (ast.arg) that renaming would miss.
+    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+    nested = any(isinstance(n, scopes) for n in ast.walk(func) if n is not func)
     return [] if nested else sorted(stored)
 
 

@@ -37,8 +37,8 @@ def partition_shards(
     n_shards = n_clients * shards_per_client
     if n_rows < n_shards:
         raise PartitionError(
-            f"{n_rows} training rows cannot be cut into {n_shards} shards ({n_clients} clients x "
-            f"{shards_per_client} shards); use fewer clients, fewer shards_per_client or more rows"
+            f"{n_rows} training rows cannot be cut into {n_shards} shards (fl.clients={n_clients} x "
+            f"data.shards_per_client={shards_per_client}); lower either or add rows"
         )
     order = np.array(sorted(range(n_rows), key=lambda i: (categories[i], i)))
     shards = np.array_split(order, n_shards)

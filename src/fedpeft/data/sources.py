@@ -114,7 +114,7 @@ def resolve_schema(source: str, schema: str | None) -> tuple[str, Schema]:
     return name, SCHEMAS[name]
 
 
-def _load_records(source: str, schema: Schema) -> list[dict[str, Any]]:
+def _load_records(source: str, name: str, schema: Schema) -> list[dict[str, Any]]:
     import datasets
 
     datasets.disable_progress_bars()
@@ -123,6 +123,11 @@ def _load_records(source: str, schema: Schema) -> list[dict[str, Any]]:
         if not path.is_file():
             raise DataSourceError(f"data.source {source!r}: no such file")
         table = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+    elif HUB_IDS.get(source) != name:
+        raise DataSourceError(
+            f"data.source {source!r} is neither a local {', '.join(LOCAL_FORMATS)} file nor the hub id of the "
+            f"{name!r} schema ({schema.hub_id}{'/' + schema.hub_config if schema.hub_config else ''})"
+        )
     else:
         try:
             table = datasets.load_dataset(schema.hub_id, schema.hub_config, split=schema.hub_split)
@@ -142,7 +147,7 @@ def load_source_rows(
     name, schema = resolve_schema(source, schema_name)
     if task not in schema.tasks:
         raise DataSourceError(f"data.task={task!r} cannot use the {name!r} schema; it feeds: {', '.join(schema.tasks)}")
-    records = _load_records(source, schema)
+    records = _load_records(source, name, schema)
     if not records:
         raise DataSourceError(f"data.source {source!r} has no rows")
     missing = [c for c in schema.columns if c not in records[0]]

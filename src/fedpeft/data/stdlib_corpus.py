@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fedpeft.paths import cache_dir
+from fedpeft.paths import atomic_write_text, cache_dir
 
 SKIPPED_TOP_LEVEL = frozenset(
     {
@@ -179,11 +179,7 @@ def load_stdlib_corpus(modules: Iterable[str] | None = None) -> list[FunctionRec
     else:
         records = harvest()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with tmp.open("w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(asdict(rec)) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(asdict(rec)) + "\n" for rec in records))
     if modules is not None:
         wanted = set(modules)
         records = [r for r in records if r.module in wanted]

@@ -148,8 +148,8 @@ def tokenize_labelled(rows: Sequence[LabelledText], tokenizer, max_length: int) 
     label (an injected bug) may sit in the part that would be cut. Returns the examples and the drop count."""
     ids = tokenizer([r.text for r in rows], add_special_tokens=False)["input_ids"]
     ids_b = tokenizer([r.text_b for r in rows], add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = [tokenizer.eos_token_id]
+    bos, end = boundary_tokens(tokenizer)
+    eos = [end]
     out = []
     for row, tokens, tokens_b in zip(rows, ids, ids_b, strict=True):
         full = bos + tokens + eos + (tokens_b + eos if row.text_b else [])
@@ -206,14 +206,23 @@ def tokenize_task_rows(rows, tokenizer, max_length: int) -> tuple[list[Tokenized
     return tokenize_rows(rows, tokenizer, max_length)
 
 
+def boundary_tokens(tokenizer) -> tuple[list[int], int]:
+    """(start tokens, end token) for a sequence: BOS/EOS for decoders, CLS/SEP for BERT-style encoders,
+    whose classifier reads the first position."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if end is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither an EOS nor a SEP token to end sequences")
+    return ([start] if start is not None else []), end
+
+
 def tokenize_rows(rows: Sequence[TextPair], tokenizer, max_length: int) -> tuple[list[TokenizedExample], int]:
     """Tokenize prompt and response separately (so the prompt boundary is exact), append EOS and cut at
     ``max_length``. Rows whose prompt leaves fewer than 8 response tokens are dropped: they would train
     on nothing. Returns the examples and how many rows were dropped."""
     prompts = tokenizer([r.prompt for r in rows], add_special_tokens=False)["input_ids"]
     responses = tokenizer([r.response for r in rows], add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    eos = tokenizer.eos_token_id
+    bos, eos = boundary_tokens(tokenizer)
     out, dropped = [], 0
     for row, p, r in zip(rows, prompts, responses, strict=True):
         prompt = bos + p
@@ -221,5 +230,5 @@ def tokenize_rows(rows: Sequence[TextPair], tokenizer, max_length: int) -> tuple
             dropped += 1
             continue
         ids = (prompt + r + [eos])[:max_length]
-        out.append(TokenizedExample(input_ids=tuple(ids), prompt_len=len(prompt), category=row.category))
+        out.append(TokenizedExample(tuple(ids), prompt_len=len(prompt), category=row.category, reference=row.response))
     return out, dropped

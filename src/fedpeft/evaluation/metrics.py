@@ -79,7 +79,9 @@ def evaluate_generation(
             pad_token_id=tokenizer.pad_token_id,
         )
         candidates.append(tokenizer.decode(out[0, e.prompt_len :], skip_special_tokens=True).strip())
-        references.append(tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True).strip())
+        references.append(
+            e.reference or tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True).strip()
+        )
     model.train(was_training)
     return {"bleu": corpus_smoothed_bleu(candidates, references), "generated": len(candidates)}
 

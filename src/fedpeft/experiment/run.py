@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ import torch
 from fedpeft.config.recipes import ConfigError, dump_config, load_run_config
 from fedpeft.config.schema import RunConfig
 from fedpeft.data.federated import FederatedData, build_federated_data
+from fedpeft.data.partition import PartitionError
+from fedpeft.data.sources import DataSourceError
 from fedpeft.data.text_tasks import (
     GENERATION_METRICS,
     SCORE_SPECIAL_TOKENS,
@@ -38,6 +42,7 @@ from fedpeft.fl.strategies import Strategy, build_strategy
 from fedpeft.models.base import load_base_model
 from fedpeft.models.peft_methods import apply_lora
 from fedpeft.models.state import get_trainable_state, set_trainable_state
+from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from fedpeft.reporting.plots import plot_losses, plot_partition_heatmap
@@ -89,6 +94,15 @@ class RunState:
         return rd.MetricsLog(self.run_dir / rd.METRICS_FILE)
 
 
+@contextmanager
+def _as_config_error() -> Iterator[None]:
+    """A ValueError from a builder is a configuration problem: report it as one (the CLI shows it)."""
+    try:
+        yield
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def build_data(config: RunConfig, tokenizer) -> FederatedData:
     """The run's federated data: a pure function of the config (and its seed) and the tokenizer."""
     d = config.data
@@ -129,9 +143,19 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         base = load_base_model(config.model.name, config.model.dtype, head, TASK_NUM_LABELS.get(config.data.task, 2))
     tokenizer = base.tokenizer
     # Data is split once, from its own generator, so every round and every resume sees the same clients.
-    data = build_data(config, tokenizer)
+    try:
+        data = build_data(config, tokenizer)
+    except (PartitionError, DataSourceError):
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if config.data.task in THRESHOLD_ON_VALIDATION and not any(c.val for c in data.clients):
+        raise ConfigError(
+            f"data.task={config.data.task} chooses its decision threshold on the clients' validation rows, "
+            f"but there are none; set data.val_fraction > 0"
+        )
     # The adapter's initial weights come from the init generator: the same seed, the same start.
-    with torch_rng_scope(seed, "init"):
+    with torch_rng_scope(seed, "init"), _as_config_error():
         model = apply_lora(
             base.model,
             r=config.peft.r,
@@ -179,8 +203,6 @@ def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[s
     threshold = None
     if task in THRESHOLD_ON_VALIDATION:
         val = [e for c in state.data.clients for e in c.val]
-        if not val:
-            raise ConfigError(f"data.task={task} chooses its threshold on validation rows; set data.val_fraction > 0")
         _, val_labels, val_probs = classifier_outputs(state.model, val, cfg.batch_size, pad)
         threshold = best_f1_threshold(val_labels, val_probs[:, 1])
 
@@ -313,18 +335,26 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
     return summary
 
 
+def _checkpointed_round(run_dir: Path) -> int:
+    """The last round whose checkpoint is complete on disk (0 if none): the truth about what is done."""
+    done = list_checkpoints(run_dir)
+    return int(done[-1].name.removeprefix("round-")) if done else 0
+
+
+def _sync_log_to_checkpoints(state: RunState) -> None:
+    """The log may hold records of a round whose checkpoint never completed; cut them."""
+    state.completed_round = _checkpointed_round(state.run_dir)
+    state.log.truncate_after(state.completed_round)
+
+
 def _restore(state: RunState) -> None:
     """Load the newest complete checkpoint and drop log records of any round after it."""
-    checkpoints = list_checkpoints(state.run_dir)
-    if not checkpoints:
-        state.log.truncate_after(0)
-        return
-    ckpt = load_checkpoint(checkpoints[-1])
-    set_trainable_state(state.model, ckpt.global_state)
-    state.global_state = ckpt.global_state
-    state.strategy.load_state_dict(ckpt.strategy_state)
-    state.completed_round = ckpt.round
-    state.log.truncate_after(ckpt.round)
+    _sync_log_to_checkpoints(state)
+    if state.completed_round:
+        ckpt = load_checkpoint(list_checkpoints(state.run_dir)[-1])
+        set_trainable_state(state.model, ckpt.global_state)
+        state.global_state = ckpt.global_state
+        state.strategy.load_state_dict(ckpt.strategy_state)
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
@@ -337,7 +367,12 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
         raise ConfigError(
             f"--resume continues the run as configured; only {', '.join(RESUMABLE_KEYS)} may be set, not {bad}"
         )
-    return validate_config(apply_overrides(config.model_dump(mode="json"), overrides)) if overrides else config
+    if overrides:
+        config = validate_config(apply_overrides(config.model_dump(mode="json"), overrides))
+    done = _checkpointed_round(run_dir)
+    if config.fl.rounds < done:
+        raise ConfigError(f"fl.rounds={config.fl.rounds} is below the {done} rounds {run_dir} has already completed")
+    return config
 
 
 def run_experiment(
@@ -358,7 +393,7 @@ def run_experiment(
     state = setup(config, Path(resume_dir or config.output.dir))
     run_dir = state.run_dir = Path(resume_dir) if resume_dir else rd.new_run_dir(Path(config.output.dir), config.recipe)
     progress.message(f"run directory: {run_dir}")
-    (run_dir / rd.CONFIG_FILE).write_text(dump_config(config))
+    atomic_write_text(run_dir / rd.CONFIG_FILE, dump_config(config))
     rd.write_json(run_dir / rd.PARTITION_FILE, state.data.report)
     plot_partition_heatmap(state.data.report["categories"], run_dir / rd.PARTITION_PLOT)
     if resume_dir is not None:
@@ -368,14 +403,11 @@ def run_experiment(
         with progress:
             fit(state, progress)
     except KeyboardInterrupt:
-        # The checkpoints on disk say which rounds are done; the log may already hold the next round's
-        # records, so it is cut back to match before the summary is written from it.
-        done = list_checkpoints(run_dir)
-        state.completed_round = load_checkpoint(done[-1]).round if done else 0
-        state.log.truncate_after(state.completed_round)
+        _sync_log_to_checkpoints(state)
         finish(state, "interrupted", started)
         raise RunInterrupted(run_dir, state.completed_round) from None
     except BaseException:
+        _sync_log_to_checkpoints(state)
         finish(state, "failed", started)
         raise
     summary = finish(state, "completed", started)

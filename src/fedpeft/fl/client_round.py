@@ -67,8 +67,9 @@ def count_local_steps(n_examples: int, args: LocalTrainingArgs) -> int:
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
-    """Warm-up length, always shorter than the round so the schedule reaches its decay."""
-    return min(int(round(warmup_ratio * total_steps)), total_steps - 1)
+    """Warm-up length, leaving at least one step after the peak so the LR decays in every round of two
+    or more steps."""
+    return min(int(round(warmup_ratio * total_steps)), max(total_steps - 2, 0))
 
 
 def lr_factor(step: int, total_steps: int, n_warmup: int, schedule: str) -> float:

@@ -60,9 +60,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = run_dir / CHECKPOINT_DIR
     if not root.exists():
         return []
-    return sorted(
-        p for p in root.iterdir() if p.is_dir() and p.name.startswith("round-") and (p / "state.json").exists()
-    )
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("round-") and (p / "state.json").exists()]
+    return sorted(done, key=lambda p: int(p.name.removeprefix("round-")))  # round-10000 after round-9999
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

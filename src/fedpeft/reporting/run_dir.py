@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from fedpeft.paths import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -32,10 +33,7 @@ def new_run_dir(parent: Path, recipe: str) -> Path:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 class MetricsLog:
@@ -50,12 +48,19 @@ class MetricsLog:
             fh.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
+        """All records; a torn last line (the process was killed mid-write) is skipped, not fatal."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i != len(lines) - 1:
+                    raise ValueError(f"{self.path}: line {i + 1} is not JSON") from None
+        return records
 
     def truncate_after(self, last_round: int) -> None:
         kept = [r for r in self.read() if r.get("round", 0) <= last_round]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -18,6 +18,8 @@ class TokenizedExample:
     category: str = ""
     label: int = -1
     """Class id for classification tasks (-1: none)."""
+    reference: str = ""
+    """The untruncated response text, for scoring generations (a cut reference would favour short output)."""
 
 
 def collate_causal_lm(examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool) -> dict[str, torch.Tensor]:
