@@ -321,3 +321,37 @@ def test_code_to_text_references_are_the_full_docstring_sentence(micro_config, t
     decoded = [state.tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True) for e in state.data.test]
     assert all(e.reference for e in state.data.test)
     assert any(len(e.reference) > len(d.strip()) for e, d in zip(state.data.test, decoded, strict=True))
+
+
+def test_code_search_trains_embeddings_scored_by_mrr_and_reloads_in_peft(micro_config):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from fedpeft.tensors.batching import collate_query_code, mean_pool
+
+    config = micro_config("data.task=code_search", "fl.rounds=2", "train.max_steps=5")
+    run_dir, summary = run_experiment(config, quiet=True)
+    final = summary["final_eval"]
+    assert final["candidates"] == 12 and 0 < final["mrr"] <= 1
+    # The contrastive objective is learned: a client fits its own rows.
+    from fedpeft.evaluation.metrics import evaluate_retrieval
+
+    fitting = setup(micro_config("data.task=code_search", "train.max_steps=20", "train.lr=0.003"), run_dir)
+    rows = fitting.data.clients[0].train[:16]
+    before = evaluate_retrieval(fitting.model, rows, 16, fitting.tokenizer.pad_token_id, 0.05)["loss"]
+    set_trainable_state(fitting.model, fitting.runtime.train_round(1, [0], fitting.global_state)[0].state)
+    assert evaluate_retrieval(fitting.model, rows, 16, fitting.tokenizer.pad_token_id, 0.05)["loss"] < before
+    state = setup(config, run_dir)
+    set_trainable_state(state.model, load_checkpoint(list_checkpoints(run_dir)[-1]).global_state)
+    source = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    loaded = PeftModel.from_pretrained(AutoModel.from_pretrained(source), run_dir / "adapter").eval()
+    batch = collate_query_code(state.data.test[:4], state.tokenizer.pad_token_id)
+    with torch.no_grad():
+        ours = mean_pool(
+            state.model(input_ids=batch["code_ids"], attention_mask=batch["code_mask"]).last_hidden_state,
+            batch["code_mask"],
+        )
+        theirs = mean_pool(
+            loaded(input_ids=batch["code_ids"], attention_mask=batch["code_mask"]).last_hidden_state, batch["code_mask"]
+        )
+    assert torch.equal(ours, theirs)

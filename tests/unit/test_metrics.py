@@ -72,3 +72,17 @@ def test_degenerate_predictions_give_zero_mcc_like_sklearn():
 
     scores = classification_scores([0, 1, 1, 0], [1, 1, 1, 1], 2)
     assert scores["mcc"] == 0.0 and scores["accuracy"] == 0.5 and scores["f1"] == pytest.approx(2 / 3)
+
+
+def test_mean_reciprocal_rank_by_hand():
+    from fedpeft.evaluation.metrics import mean_reciprocal_rank
+
+    similarity = torch.tensor(
+        [
+            [0.9, 0.1, 0.2],  # correct first: 1
+            [0.8, 0.5, 0.1],  # correct second: 1/2
+            [0.7, 0.6, 0.3],  # correct third: 1/3
+        ]
+    )
+    assert mean_reciprocal_rank(similarity) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    assert mean_reciprocal_rank(torch.ones(2, 2)) == pytest.approx(0.5)  # ties count against

@@ -45,12 +45,14 @@ class DataConfig(Section):
         description="Published schema of a local file: dolly, guanaco-commits, cola, sst2, codexglue-defect, "
         "codexglue-code-to-text, codexglue-completion.",
     )
-    task: Literal["instruction", "completion", "code_to_text", "defect", "clone", "text_classification"] = Field(
+    task: Literal[
+        "instruction", "completion", "code_to_text", "code_search", "defect", "clone", "text_classification"
+    ] = Field(
         "instruction",
         description="instruction: signature + docstring -> body (Alpaca template); completion: whole functions, "
         "token accuracy ignoring special tokens; code_to_text: function -> first docstring sentence, smoothed "
         "BLEU-4 (CodeXGLUE); defect: function -> buggy or clean (injected bugs), a classification head; "
-        "clone: function pair -> clone or not, F1 at a validation-chosen threshold; text_classification: "
+        "code_search: docstring -> function, MRR over the split; clone: function pair -> clone or not, F1 at a validation-chosen threshold; text_classification: "
         "sentence -> label (CoLA, SST-2), MCC and accuracy.",
     )
     modules: list[str] | None = Field(None, description="Restrict the stdlib corpus to these top-level modules.")

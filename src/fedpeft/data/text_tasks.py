@@ -9,6 +9,8 @@ tokenization with the prompt boundary kept exact.
   the docstring's first sentence; scored by smoothed BLEU-4 of greedy generations on the test split.
 - ``defect`` (CodeXGLUE defect detection, offline): a function, clean or with one injected bug
   (``fedpeft.data.defects``) -> label; a sequence-classification head; accuracy, F1 and MCC.
+- ``code_search`` (CodeXGLUE NL code search, offline): docstring sentence -> its function among the
+  split's other functions; mean-pooled embeddings trained with an in-batch contrastive loss; MRR.
 - ``clone`` (CodeXGLUE clone detection, offline): a pair of functions -> clone or not
   (``fedpeft.data.clones``), classified as one sequence; F1 at a threshold chosen on validation.
 
@@ -84,6 +86,17 @@ def code_to_text_rows(records: Sequence[FunctionRecord], template: str) -> list[
         code = rec.signature + "\n" + textwrap.indent(rec.body, "    ")
         prompt = format_prompt(f"Summarise this Python function in one sentence.\n\n{code}", template)
         rows.append(TextPair(prompt=prompt, response=summary, category=rec.module, split=corpus_split(rec)))
+    return rows
+
+
+def code_search_rows(records: Sequence[FunctionRecord], template: str = "") -> list[TextPair]:
+    """Query = the docstring's first sentence, candidate = the function without its docstring."""
+    rows = []
+    for rec in records:
+        query = first_sentence(rec.docstring)
+        if query:
+            code = rec.signature + "\n" + textwrap.indent(rec.body, "    ")
+            rows.append(TextPair(prompt=query, response=code, category=rec.module, split=corpus_split(rec)))
     return rows
 
 
@@ -164,11 +177,13 @@ TEXT_TASKS: dict[str, Callable[[Sequence[FunctionRecord], str], list[TextPair]]]
     "code_to_text": code_to_text_rows,
     "defect": defect_rows,
     "clone": clone_rows,
+    "code_search": code_search_rows,
 }
 TASK_HEADS = {"instruction": "causal_lm", "completion": "causal_lm", "code_to_text": "causal_lm"} | {
     "defect": "sequence_classification",
     "clone": "sequence_classification",
     "text_classification": "sequence_classification",
+    "code_search": "embedding",
 }
 TASK_NUM_LABELS = {"defect": 2, "clone": 2, "text_classification": 2}
 THRESHOLD_ON_VALIDATION = {"clone"}
@@ -181,6 +196,7 @@ SCORE_SPECIAL_TOKENS = {
     "defect": True,
     "clone": True,
     "text_classification": True,
+    "code_search": True,
 }
 """Whether a task's token accuracy counts special tokens (end-of-sequence): CodeXGLUE's completion
 metric ignores them; for instructions, knowing where to stop is part of the answer."""

@@ -161,3 +161,45 @@ def evaluate_classifier(
         predictions = (probs[:, 1] >= threshold).long().tolist()
     scores = {"loss": loss_sum / len(labels), **classification_scores(labels, predictions, num_labels)}
     return scores | {"examples": len(labels)} | ({"threshold": threshold} if threshold is not None else {})
+
+
+def mean_reciprocal_rank(similarity: torch.Tensor) -> float:
+    """MRR of a queries x candidates similarity matrix whose correct candidate for query i is column i;
+    ties count against the query (a candidate scoring equal to the correct one ranks above it)."""
+    correct = similarity.diagonal().unsqueeze(1)
+    ranks = (similarity >= correct).sum(dim=1)  # includes the correct candidate itself
+    return float((1.0 / ranks.double()).mean())
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int, temperature: float
+) -> dict[str, float]:
+    """Every query of ``examples`` against every code of ``examples`` (the candidate pool): MRR, and the
+    contrastive loss over the whole pool."""
+    from fedpeft.tensors.batching import collate_query_code, mean_pool
+
+    if not examples:
+        raise ValueError("cannot evaluate on an empty split")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    queries, codes = [], []
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate_query_code(examples[i : i + batch_size], pad_id).items()}
+        queries.append(
+            mean_pool(
+                model(input_ids=batch["query_ids"], attention_mask=batch["query_mask"]).last_hidden_state,
+                batch["query_mask"],
+            )
+        )
+        codes.append(
+            mean_pool(
+                model(input_ids=batch["code_ids"], attention_mask=batch["code_mask"]).last_hidden_state,
+                batch["code_mask"],
+            )
+        )
+    model.train(was_training)
+    similarity = torch.cat(queries) @ torch.cat(codes).T
+    loss = F.cross_entropy(similarity / temperature, torch.arange(len(similarity), device=similarity.device))
+    return {"loss": float(loss), "mrr": mean_reciprocal_rank(similarity), "candidates": len(similarity)}

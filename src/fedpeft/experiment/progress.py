@@ -14,6 +14,7 @@ HEADLINE_METRICS = [
     ("accuracy", "acc"),
     ("f1", "f1"),
     ("mcc", "mcc"),
+    ("mrr", "mrr"),
 ]
 
 

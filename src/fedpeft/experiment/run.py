@@ -34,9 +34,10 @@ from fedpeft.evaluation.metrics import (
     evaluate_causal_lm,
     evaluate_classifier,
     evaluate_generation,
+    evaluate_retrieval,
 )
 from fedpeft.experiment.progress import RunProgress
-from fedpeft.fl.client_round import ClientUpdate, LocalTrainingArgs
+from fedpeft.fl.client_round import RETRIEVAL_TEMPERATURE, ClientUpdate, LocalTrainingArgs
 from fedpeft.fl.sampling import sample_clients
 from fedpeft.fl.strategies import Strategy, build_strategy
 from fedpeft.models.base import load_base_model
@@ -207,6 +208,8 @@ def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[s
         threshold = best_f1_threshold(val_labels, val_probs[:, 1])
 
     def evaluate(examples):
+        if TASK_HEADS[task] == "embedding":
+            return evaluate_retrieval(state.model, examples, cfg.batch_size, pad, RETRIEVAL_TEMPERATURE)
         if TASK_HEADS[task] == "sequence_classification":
             n_labels = TASK_NUM_LABELS[task]
             return evaluate_classifier(state.model, examples, cfg.batch_size, pad, n_labels, threshold)

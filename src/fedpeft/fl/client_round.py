@@ -27,7 +27,9 @@ from fedpeft.tensors.batching import (
     TokenizedExample,
     collate_causal_lm,
     collate_classification,
+    collate_query_code,
     count_target_tokens,
+    mean_pool,
 )
 
 
@@ -122,9 +124,26 @@ def class_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
 
 
+RETRIEVAL_TEMPERATURE = 0.05
+"""Scale of the in-batch contrastive logits (cosine similarity / temperature)."""
+
+
+def embed(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return mean_pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+
+def contrastive_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """In-batch contrastive loss: each query's own code against the batch's other codes, summed."""
+    queries = embed(model, batch["query_ids"], batch["query_mask"])
+    codes = embed(model, batch["code_ids"], batch["code_mask"])
+    logits = queries @ codes.T / RETRIEVAL_TEMPERATURE
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device), reduction="sum")
+
+
 OBJECTIVES = {
     "causal_lm": Objective(collate_causal_lm, token_loss_sum, lambda b: count_target_tokens(b["labels"])),
     "sequence_classification": Objective(collate_classification, class_loss_sum, lambda b: len(b["labels"])),
+    "embedding": Objective(collate_query_code, contrastive_loss_sum, lambda b: len(b["query_ids"])),
 }
 
 

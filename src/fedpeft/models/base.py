@@ -63,13 +63,13 @@ def _unreachable(name: str, err: Exception) -> str:
     )
 
 
-HEADS = ("causal_lm", "sequence_classification")
+HEADS = ("causal_lm", "sequence_classification", "embedding")
 
 
 def load_base_model(name: str, dtype: str = "float32", head: str = "causal_lm", num_labels: int = 2) -> LoadedBase:
     """The frozen base model and tokenizer named by ``model.name``; a tokenizer without a pad token
     gets its end-of-sequence token as pad (labels mask padding, so this changes no loss)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if head not in HEADS:
         raise ValueError(f"unknown model head {head!r}; valid: {', '.join(HEADS)}")
@@ -78,6 +78,8 @@ def load_base_model(name: str, dtype: str = "float32", head: str = "causal_lm", 
     try:
         if head == "causal_lm":
             model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+        elif head == "embedding":
+            model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype])
         else:
             # The new classification head is initialised from the caller's torch RNG (seed it there).
             model = AutoModelForSequenceClassification.from_pretrained(

@@ -58,3 +58,30 @@ def collate_classification(
     if (labels < 0).any():
         raise ValueError("classification batch has examples without a label")
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def collate_query_code(
+    examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool = True
+) -> dict[str, torch.Tensor]:
+    """Retrieval pairs: each example holds the query (its first ``prompt_len`` tokens) and the code (the
+    rest); they are padded into two separate batches, row i of one matching row i of the other."""
+    query_ids, query_mask = _pad([e.input_ids[: e.prompt_len] for e in examples], pad_id)
+    code_ids, code_mask = _pad([e.input_ids[e.prompt_len :] for e in examples], pad_id)
+    return {"query_ids": query_ids, "query_mask": query_mask, "code_ids": code_ids, "code_mask": code_mask}
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit-length mean of the hidden states over the unmasked positions."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
