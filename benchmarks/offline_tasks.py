@@ -28,6 +28,7 @@ HEADLINE = {
     "instruction": "token_accuracy",
     "completion": "token_accuracy",
     "code_to_text": "bleu",
+    "code_search": "mrr",
     "defect": "accuracy",
     "clone": "f1",
 }
@@ -35,6 +36,7 @@ TASK_SETTINGS = {
     "instruction": ["data.max_length=256"],
     "completion": ["data.max_length=256"],
     "code_to_text": ["data.max_length=320", "eval.max_new_tokens=24"],
+    "code_search": ["data.max_length=256"],
     "defect": ["data.max_length=384"],
     "clone": ["data.max_length=768", "train.batch_size=4", "train.micro_batch_size=4"],
 }
