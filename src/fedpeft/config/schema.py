@@ -12,7 +12,7 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    name: str = Field("builtin:tiny", description="Hub id, local model directory, or builtin:tiny / builtin:micro.")
+    name: str = Field("builtin:small", description="Hub id, local model directory, or builtin:small / tiny / micro.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the frozen base.")
 
 
