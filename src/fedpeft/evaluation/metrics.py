@@ -7,12 +7,26 @@ Evaluation always scores the response tokens only (the prompt is masked whatever
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 from fedpeft.tensors.batching import IGNORE_INDEX, TokenizedExample, collate_causal_lm
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module, examples: Sequence) -> Iterator[torch.device]:
+    """Eval mode (no dropout) for the block, the model's device to it, and the caller's mode restored."""
+    if not examples:
+        raise ValueError("cannot evaluate on an empty split")
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -27,26 +41,21 @@ def evaluate_causal_lm(
 
     Targets in ``unscored_token_ids`` (e.g. special tokens, as CodeXGLUE's completion metric requires)
     count in neither loss nor accuracy."""
-    if not examples:
-        raise ValueError("cannot evaluate on an empty split")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum, correct, tokens = 0.0, 0, 0
-    # Sorting by length keeps padding small; the metrics do not depend on order.
-    ordered = sorted(examples, key=lambda e: len(e.input_ids))
-    for i in range(0, len(ordered), batch_size):
-        batch = collate_causal_lm(ordered[i : i + batch_size], pad_id, mask_prompt=True)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        targets = batch["labels"][:, 1:]
-        keep = targets != IGNORE_INDEX
-        for token_id in unscored_token_ids:
-            keep &= targets != token_id
-        loss_sum += float(F.cross_entropy(logits[keep], targets[keep], reduction="sum"))
-        correct += int((logits.argmax(-1)[keep] == targets[keep]).sum())
-        tokens += int(keep.sum())
-    model.train(was_training)
+    with evaluation_mode(model, examples) as device:
+        loss_sum, correct, tokens = 0.0, 0, 0
+        # Sorting by length keeps padding small; the metrics do not depend on order.
+        ordered = sorted(examples, key=lambda e: len(e.input_ids))
+        for i in range(0, len(ordered), batch_size):
+            batch = collate_causal_lm(ordered[i : i + batch_size], pad_id, mask_prompt=True)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+            targets = batch["labels"][:, 1:]
+            keep = targets != IGNORE_INDEX
+            for token_id in unscored_token_ids:
+                keep &= targets != token_id
+            loss_sum += float(F.cross_entropy(logits[keep], targets[keep], reduction="sum"))
+            correct += int((logits.argmax(-1)[keep] == targets[keep]).sum())
+            tokens += int(keep.sum())
     loss = loss_sum / max(tokens, 1)
     return {
         "loss": loss,
@@ -64,25 +73,22 @@ def evaluate_generation(
     response with smoothed BLEU-4. One example at a time, so no padding enters generation."""
     from fedpeft.evaluation.bleu import corpus_smoothed_bleu
 
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    candidates, references = [], []
-    for e in examples:
-        prompt = torch.tensor([e.input_ids[: e.prompt_len]], device=device)
-        out = model.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        candidates.append(tokenizer.decode(out[0, e.prompt_len :], skip_special_tokens=True).strip())
-        references.append(
-            e.reference or tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True).strip()
-        )
-    model.train(was_training)
+    with evaluation_mode(model, examples) as device:
+        candidates, references = [], []
+        for e in examples:
+            prompt = torch.tensor([e.input_ids[: e.prompt_len]], device=device)
+            out = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            candidates.append(tokenizer.decode(out[0, e.prompt_len :], skip_special_tokens=True).strip())
+            references.append(
+                e.reference or tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True).strip()
+            )
     return {"bleu": corpus_smoothed_bleu(candidates, references), "generated": len(candidates)}
 
 
@@ -116,20 +122,15 @@ def classifier_outputs(
     """(summed cross-entropy, labels, class probabilities) over ``examples``, in a length-sorted order."""
     from fedpeft.tensors.batching import collate_classification
 
-    if not examples:
-        raise ValueError("cannot evaluate on an empty split")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum, labels, probs = 0.0, [], []
-    ordered = sorted(examples, key=lambda e: len(e.input_ids))
-    for i in range(0, len(ordered), batch_size):
-        batch = {k: v.to(device) for k, v in collate_classification(ordered[i : i + batch_size], pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-        labels += batch["labels"].tolist()
-        probs.append(logits.softmax(-1).cpu())
-    model.train(was_training)
+    with evaluation_mode(model, examples) as device:
+        loss_sum, labels, probs = 0.0, [], []
+        ordered = sorted(examples, key=lambda e: len(e.input_ids))
+        for i in range(0, len(ordered), batch_size):
+            batch = {k: v.to(device) for k, v in collate_classification(ordered[i : i + batch_size], pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+            labels += batch["labels"].tolist()
+            probs.append(logits.softmax(-1).cpu())
     return loss_sum, labels, torch.cat(probs)
 
 
@@ -179,27 +180,22 @@ def evaluate_retrieval(
     contrastive loss over the whole pool."""
     from fedpeft.tensors.batching import collate_query_code, mean_pool
 
-    if not examples:
-        raise ValueError("cannot evaluate on an empty split")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    queries, codes = [], []
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate_query_code(examples[i : i + batch_size], pad_id).items()}
-        queries.append(
-            mean_pool(
-                model(input_ids=batch["query_ids"], attention_mask=batch["query_mask"]).last_hidden_state,
-                batch["query_mask"],
+    with evaluation_mode(model, examples) as device:
+        queries, codes = [], []
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate_query_code(examples[i : i + batch_size], pad_id).items()}
+            queries.append(
+                mean_pool(
+                    model(input_ids=batch["query_ids"], attention_mask=batch["query_mask"]).last_hidden_state,
+                    batch["query_mask"],
+                )
             )
-        )
-        codes.append(
-            mean_pool(
-                model(input_ids=batch["code_ids"], attention_mask=batch["code_mask"]).last_hidden_state,
-                batch["code_mask"],
+            codes.append(
+                mean_pool(
+                    model(input_ids=batch["code_ids"], attention_mask=batch["code_mask"]).last_hidden_state,
+                    batch["code_mask"],
+                )
             )
-        )
-    model.train(was_training)
     similarity = torch.cat(queries) @ torch.cat(codes).T
     loss = F.cross_entropy(similarity / temperature, torch.arange(len(similarity), device=similarity.device))
     return {"loss": float(loss), "mrr": mean_reciprocal_rank(similarity), "candidates": len(similarity)}
