@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from fedpeft.data.stdlib_corpus import corpus_split, load_stdlib_corpus
 from fedpeft.models.builtin import BUILTIN_SIZES, BuiltinSize, llama_config, train_tokenizer
 from fedpeft.seeding import numpy_rng, torch_rng_scope
+from fedpeft.tensors.batching import pad_sequences
 
 
 @dataclass(frozen=True)
@@ -79,16 +80,6 @@ def _batches(seqs: list[list[int]], tokens_per_batch: int, rng: np.random.Genera
     return [batches[j] for j in rng.permutation(len(batches))]
 
 
-def _collate(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 def _loss_sum(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
@@ -101,7 +92,7 @@ def held_out_loss(model, seqs: list[list[int]], pad_id: int, tokens_per_batch: i
     model.eval()
     total, count = 0.0, 0
     for batch in _batches(seqs, tokens_per_batch, np.random.default_rng(0)):
-        loss, n = _loss_sum(model, *_collate([seqs[i] for i in batch], pad_id))
+        loss, n = _loss_sum(model, *pad_sequences([seqs[i] for i in batch], pad_id))
         total, count = total + float(loss), count + n
     model.train()
     return total / max(count, 1)
@@ -158,7 +149,7 @@ def pretrain(args: PretrainArgs, out: Path, log: Callable[[str], None] = print) 
                 factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * factor
-            loss_sum, n = _loss_sum(model, *_collate([train_seqs[i] for i in batch], pad))
+            loss_sum, n = _loss_sum(model, *pad_sequences([train_seqs[i] for i in batch], pad))
             (loss_sum / n).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

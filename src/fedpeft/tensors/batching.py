@@ -48,19 +48,15 @@ def collate_classification(
     examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool = False
 ) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example; labels are the class ids (one per example)."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids, dtype=torch.long)
-        mask[i, : len(e.input_ids)] = 1
+    ids, mask = pad_sequences([e.input_ids for e in examples], pad_id)
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
     if (labels < 0).any():
         raise ValueError("classification batch has examples without a label")
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -75,8 +71,8 @@ def collate_query_code(
 ) -> dict[str, torch.Tensor]:
     """Retrieval pairs: each example holds the query (its first ``prompt_len`` tokens) and the code (the
     rest); they are padded into two separate batches, row i of one matching row i of the other."""
-    query_ids, query_mask = _pad([e.input_ids[: e.prompt_len] for e in examples], pad_id)
-    code_ids, code_mask = _pad([e.input_ids[e.prompt_len :] for e in examples], pad_id)
+    query_ids, query_mask = pad_sequences([e.input_ids[: e.prompt_len] for e in examples], pad_id)
+    code_ids, code_mask = pad_sequences([e.input_ids[e.prompt_len :] for e in examples], pad_id)
     return {"query_ids": query_ids, "query_mask": query_mask, "code_ids": code_ids, "code_mask": code_mask}
 
 
