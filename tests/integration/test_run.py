@@ -275,6 +275,8 @@ def test_defect_classifier_adapter_carries_its_head_and_reloads_in_peft(micro_co
     [
         ("cola.csv", "cola", "text_classification", "mcc"),
         ("dolly.jsonl", "dolly", "instruction", "token_accuracy"),
+        ("codexglue_clone.jsonl", "codexglue-clone", "clone", "f1"),
+        ("codexglue_search_adv.jsonl", "codexglue-search", "code_search", "mrr"),
     ],
 )
 def test_runs_on_a_local_file_in_a_published_schema(micro_config, fixture, schema, task, metric):

@@ -43,7 +43,7 @@ class DataConfig(Section):
         None,
         alias="schema",
         description="Published schema of a local file: dolly, guanaco-commits, cola, sst2, codexglue-defect, "
-        "codexglue-code-to-text, codexglue-completion.",
+        "codexglue-code-to-text, codexglue-completion, codexglue-clone, codexglue-search.",
     )
     task: Literal[
         "instruction", "completion", "code_to_text", "code_search", "defect", "clone", "text_classification"
