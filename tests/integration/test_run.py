@@ -331,10 +331,16 @@ def test_code_search_trains_embeddings_scored_by_mrr_and_reloads_in_peft(micro_c
 
     from fedpeft.tensors.batching import collate_query_code, mean_pool
 
-    config = micro_config("data.task=code_search", "fl.rounds=2", "train.max_steps=5")
+    config = micro_config("data.task=code_search", "fl.rounds=2", "train.max_steps=5", "eval.retrieval_candidates=300")
     run_dir, summary = run_experiment(config, quiet=True)
     final = summary["final_eval"]
-    assert final["candidates"] == 12 and 0 < final["mrr"] <= 1
+    assert final["candidates"] == 300 and 0 < final["mrr"] <= 1
+    # Distractors are codes no client trains on and no query owns.
+    data = setup(config, run_dir).data
+    trained = {e.input_ids[e.prompt_len :] for c in data.clients for e in c.train + c.val}
+    queries = {e.input_ids[e.prompt_len :] for e in data.test}
+    distractors = {e.input_ids[e.prompt_len :] for e in data.distractors}
+    assert len(distractors) == 288 and not distractors & (trained | queries)
     # The contrastive objective is learned: a client fits its own rows.
     from fedpeft.evaluation.metrics import evaluate_retrieval
 

@@ -30,3 +30,37 @@ def test_query_code_pairs_split_at_the_prompt_boundary_and_mean_pool():
     hidden = torch.tensor([[[3.0, 0.0], [1.0, 0.0], [100.0, 100.0]]])
     pooled = mean_pool(hidden, torch.tensor([[1, 1, 0]]))  # mean of the first two rows: (2, 0)
     assert torch.allclose(pooled, torch.tensor([[1.0, 0.0]]))
+
+
+def test_seq2seq_batches_feed_the_prompt_to_the_encoder_and_the_response_to_the_labels():
+    from fedpeft.tensors.batching import collate_seq2seq
+
+    batch = collate_seq2seq([TokenizedExample((5, 6, 7, 8), 2), TokenizedExample((1, 2, 3, 4, 9), 3)], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 0], [1, 2, 3]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert batch["labels"].tolist() == [[7, 8], [4, 9]]
+    short = collate_seq2seq([TokenizedExample((5, 6, 7), 2), TokenizedExample((1, 2, 3, 4), 1)], pad_id=0)
+    assert short["labels"].tolist() == [[7, IGNORE_INDEX, IGNORE_INDEX], [2, 3, 4]]
+
+
+def test_token_loss_matches_the_models_own_loss_for_causal_and_seq2seq_heads():
+    """Our alignment of logits and targets against transformers' own label shifting (mean loss)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    from fedpeft.fl.client_round import OBJECTIVES
+
+    torch.manual_seed(0)
+    examples = [TokenizedExample((1, 5, 6, 7, 8, 2), 2), TokenizedExample((1, 9, 4, 3, 2), 3)]
+    llama = LlamaForCausalLM(
+        LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    ).eval()
+    t5 = T5ForConditionalGeneration(
+        T5Config(vocab_size=16, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0)
+    ).eval()
+    for model, head in ((llama, "causal_lm"), (t5, "seq2seq_lm")):
+        objective = OBJECTIVES[head]
+        batch = objective.collate(examples, 0, True)
+        ours = objective.loss_sum(model, batch) / objective.count(batch)
+        assert objective.count(batch) == 6  # 4 + 2 response tokens, EOS included
+        theirs = model(**batch).loss
+        torch.testing.assert_close(ours, theirs)

@@ -86,3 +86,6 @@ def test_mean_reciprocal_rank_by_hand():
     )
     assert mean_reciprocal_rank(similarity) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     assert mean_reciprocal_rank(torch.ones(2, 2)) == pytest.approx(0.5)  # ties count against
+    # Distractor columns after the queries' own codes: query 0 now has one distractor above it.
+    with_distractors = torch.cat([similarity, torch.tensor([[0.95], [0.0], [0.0]])], dim=1)
+    assert mean_reciprocal_rank(with_distractors) == pytest.approx((1 / 2 + 1 / 2 + 1 / 3) / 3)

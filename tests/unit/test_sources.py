@@ -52,9 +52,7 @@ def test_bigclonebench_pairs_and_advtest_queries():
     clone = load_source_rows(str(FIXTURES / "codexglue_clone.jsonl"), "codexglue-clone", "clone", "alpaca")
     assert [r.label for r in clone[:3]] == [1, 0, 1] and all(isinstance(r, LabelledText) for r in clone)
     assert clone[1].text.startswith("public int sum1(") and clone[1].text_b.startswith("public String name1(")
-    search = load_source_rows(
-        str(FIXTURES / "codexglue_search_adv.jsonl"), "codexglue-search", "code_search", "alpaca"
-    )
+    search = load_source_rows(str(FIXTURES / "codexglue_search_adv.jsonl"), "codexglue-search", "code_search", "alpaca")
     assert search[4].prompt == "Add 4 to x ." and search[4].response == "def f4 ( x ) : return x + 4"
     assert [r.category for r in search[:3]] == ["pallets", "psf", "django"]
 
@@ -86,7 +84,9 @@ def test_wrong_task_unknown_source_and_missing_file():
         load_source_rows("someone/some-dataset", None, "instruction", "alpaca")
     with pytest.raises(DataSourceError, match="no such file"):
         load_source_rows("missing.jsonl", "dolly", "instruction", "alpaca")
-    with pytest.raises(DataSourceError, match="data.task='defect' cannot use the 'codexglue-clone' schema; it feeds: clone"):
+    with pytest.raises(
+        DataSourceError, match="data.task='defect' cannot use the 'codexglue-clone' schema; it feeds: clone"
+    ):
         load_source_rows("x.jsonl", "codexglue-clone", "defect", "alpaca")
 
 

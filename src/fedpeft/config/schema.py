@@ -133,6 +133,12 @@ class EvalConfig(Section):
     batch_size: int = Field(16, gt=0, description="Examples per evaluation forward pass.")
     clients: bool = Field(True, description="Also evaluate the global adapter on each client's validation split.")
     max_new_tokens: int = Field(32, gt=0, description="Greedy generation length for generation-scored tasks.")
+    retrieval_candidates: int = Field(
+        1000,
+        gt=0,
+        description="Code search: each test query is ranked among this many codes (its own, the other test "
+        "queries' and distractors from rows no client trains on), as far as the source has them.",
+    )
 
 
 class OutputConfig(Section):

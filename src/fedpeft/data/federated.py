@@ -13,7 +13,7 @@ import numpy as np
 from fedpeft.data.partition import PartitionError, category_table, partition_rows
 from fedpeft.data.sources import DataSourceError, load_source_rows
 from fedpeft.data.stdlib_corpus import load_stdlib_corpus
-from fedpeft.data.text_tasks import TASK_NUM_LABELS, LabelledText, rows_for_task, tokenize_task_rows
+from fedpeft.data.text_tasks import TASK_HEADS, TASK_NUM_LABELS, LabelledText, rows_for_task, tokenize_task_rows
 from fedpeft.tensors.batching import TokenizedExample
 
 
@@ -34,6 +34,8 @@ class FederatedData:
     clients: list[ClientData]
     report: dict = field(default_factory=dict)
     """Row counts, dropped rows and the clients x categories table; written to partition.json."""
+    distractors: list[TokenizedExample] = field(default_factory=list)
+    """Retrieval tasks: extra candidate codes (the response part) that test queries are ranked against."""
 
 
 def load_rows(
@@ -76,9 +78,11 @@ def build_federated_data(
     template: str,
     n_clients: int,
     rng: np.random.Generator,
+    retrieval_candidates: int = 0,
 ) -> FederatedData:
     """Global test rows come from the corpus 'test' split (never seen in pretraining); client rows from
-    'train'. ``max_rows`` caps the client pool; ``test_size`` the test rows."""
+    'train'. ``max_rows`` caps the client pool; ``test_size`` the test rows. For retrieval tasks,
+    ``retrieval_candidates`` sizes the pool each test query is ranked in (see :func:`retrieval_distractors`)."""
     rows = load_rows(source, modules, task, template, schema)
     test_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "test"]
     pool_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "train"]
@@ -91,8 +95,9 @@ def build_federated_data(
             f"data.test_size={test_size} but only {len(test)} test-split rows fit data.max_length={max_length} "
             f"({dropped_test} too long); lower data.test_size or raise data.max_length"
         )
-    test = test[:test_size]
-    pool, dropped = tokenize_task_rows(pool_rows[:max_rows] if max_rows else pool_rows, tokenizer, max_length)
+    test, unused_test = test[:test_size], test[test_size:]
+    client_rows = pool_rows[:max_rows] if max_rows else pool_rows
+    pool, dropped = tokenize_task_rows(client_rows, tokenizer, max_length)
     if n_clients > len(pool):
         raise PartitionError(
             f"fl.clients={n_clients} is more than the {len(pool)} training rows (after dropping {dropped} rows "
@@ -125,4 +130,20 @@ def build_federated_data(
         "clients": {f"client-{c.client_id}": {"train": len(c.train), "val": len(c.val)} for c in clients},
         "categories": category_table(categories, parts),
     }
-    return FederatedData(test=test, clients=clients, report=report)
+    distractors = []
+    if TASK_HEADS.get(task) == "embedding":
+        spare = [r for r in rows if r.split == "valid"] + pool_rows[len(client_rows) :]
+        distractors = retrieval_distractors(unused_test, spare, tokenizer, max_length, retrieval_candidates - len(test))
+        report["retrieval_candidates"] = len(test) + len(distractors)
+    return FederatedData(test=test, clients=clients, report=report, distractors=distractors)
+
+
+def retrieval_distractors(
+    unused_test: list[TokenizedExample], spare_rows: list, tokenizer, max_length: int, n: int
+) -> list[TokenizedExample]:
+    """Up to ``n`` distractor codes for retrieval: test-split rows not used as queries first, then rows
+    no client trains on (the validation split, training rows beyond ``data.max_rows``). CodeXGLUE ranks
+    each query against the whole test set; a pool the size of the test queries alone is too easy."""
+    wanted = spare_rows[: max(0, n - len(unused_test))]
+    extra = tokenize_task_rows(wanted, tokenizer, max_length)[0] if wanted else []
+    return (unused_test + extra)[: max(n, 0)]

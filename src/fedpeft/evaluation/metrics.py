@@ -13,7 +13,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from fedpeft.tensors.batching import IGNORE_INDEX, TokenizedExample, collate_causal_lm
+from fedpeft.models.heads import embed, token_logits_and_targets
+from fedpeft.tensors.batching import IGNORE_INDEX, TokenizedExample, collate_causal_lm, collate_seq2seq
 
 
 @contextmanager
@@ -36,20 +37,23 @@ def evaluate_causal_lm(
     batch_size: int,
     pad_id: int,
     unscored_token_ids: Sequence[int] = (),
+    head: str = "causal_lm",
 ) -> dict[str, float]:
-    """Token-weighted mean loss, its perplexity and token accuracy (argmax == target) over ``examples``.
+    """Token-weighted mean loss, its perplexity and token accuracy (argmax == target) over the response
+    tokens of ``examples``, for a causal (``causal_lm``) or encoder-decoder (``seq2seq_lm``) model.
 
     Targets in ``unscored_token_ids`` (e.g. special tokens, as CodeXGLUE's completion metric requires)
     count in neither loss nor accuracy."""
+    collate = collate_seq2seq if head == "seq2seq_lm" else collate_causal_lm
     with evaluation_mode(model, examples) as device:
         loss_sum, correct, tokens = 0.0, 0, 0
         # Sorting by length keeps padding small; the metrics do not depend on order.
         ordered = sorted(examples, key=lambda e: len(e.input_ids))
         for i in range(0, len(ordered), batch_size):
-            batch = collate_causal_lm(ordered[i : i + batch_size], pad_id, mask_prompt=True)
+            batch = collate(ordered[i : i + batch_size], pad_id, mask_prompt=True)
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-            targets = batch["labels"][:, 1:]
+            logits, targets = token_logits_and_targets(model, batch, head)
+            logits = logits.float()
             keep = targets != IGNORE_INDEX
             for token_id in unscored_token_ids:
                 keep &= targets != token_id
@@ -70,8 +74,11 @@ def evaluate_generation(
     model, tokenizer, examples: Sequence[TokenizedExample], max_new_tokens: int
 ) -> dict[str, float]:
     """Greedy-decode each example's response from its prompt and score it against the reference
-    response with smoothed BLEU-4. One example at a time, so no padding enters generation."""
+    response with smoothed BLEU-4. One example at a time, so no padding enters generation. A decoder
+    returns prompt + continuation, an encoder-decoder the continuation alone."""
     from fedpeft.evaluation.bleu import corpus_smoothed_bleu
+
+    continuation_start = 0 if getattr(model.config, "is_encoder_decoder", False) else None
 
     with evaluation_mode(model, examples) as device:
         candidates, references = [], []
@@ -85,7 +92,8 @@ def evaluate_generation(
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            candidates.append(tokenizer.decode(out[0, e.prompt_len :], skip_special_tokens=True).strip())
+            start = e.prompt_len if continuation_start is None else continuation_start
+            candidates.append(tokenizer.decode(out[0, start:], skip_special_tokens=True).strip())
             references.append(
                 e.reference or tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True).strip()
             )
@@ -174,28 +182,27 @@ def mean_reciprocal_rank(similarity: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_retrieval(
-    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int, temperature: float
+    model: torch.nn.Module,
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_id: int,
+    temperature: float,
+    distractors: Sequence[TokenizedExample] = (),
 ) -> dict[str, float]:
-    """Every query of ``examples`` against every code of ``examples`` (the candidate pool): MRR, and the
-    contrastive loss over the whole pool."""
-    from fedpeft.tensors.batching import collate_query_code, mean_pool
+    """Every query of ``examples`` against every code of ``examples`` plus the codes of ``distractors``
+    (the candidate pool): MRR, and the contrastive loss over the whole pool."""
+    from fedpeft.tensors.batching import pad_sequences
+
+    def embed_all(seqs: list) -> torch.Tensor:
+        out = []
+        for i in range(0, len(seqs), batch_size):
+            ids, mask = (t.to(device) for t in pad_sequences(seqs[i : i + batch_size], pad_id))
+            out.append(embed(model, ids, mask))
+        return torch.cat(out)
 
     with evaluation_mode(model, examples) as device:
-        queries, codes = [], []
-        for i in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collate_query_code(examples[i : i + batch_size], pad_id).items()}
-            queries.append(
-                mean_pool(
-                    model(input_ids=batch["query_ids"], attention_mask=batch["query_mask"]).last_hidden_state,
-                    batch["query_mask"],
-                )
-            )
-            codes.append(
-                mean_pool(
-                    model(input_ids=batch["code_ids"], attention_mask=batch["code_mask"]).last_hidden_state,
-                    batch["code_mask"],
-                )
-            )
-    similarity = torch.cat(queries) @ torch.cat(codes).T
+        queries = embed_all([e.input_ids[: e.prompt_len] for e in examples])
+        codes = embed_all([e.input_ids[e.prompt_len :] for e in [*examples, *distractors]])
+    similarity = queries @ codes.T
     loss = F.cross_entropy(similarity / temperature, torch.arange(len(similarity), device=similarity.device))
-    return {"loss": float(loss), "mrr": mean_reciprocal_rank(similarity), "candidates": len(similarity)}
+    return {"loss": float(loss), "mrr": mean_reciprocal_rank(similarity), "candidates": similarity.shape[1]}

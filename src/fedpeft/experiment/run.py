@@ -125,6 +125,7 @@ def build_data(config: RunConfig, tokenizer) -> FederatedData:
         template=d.template,
         n_clients=config.fl.clients,
         rng=numpy_rng(config.fl.seed, "data"),
+        retrieval_candidates=config.eval.retrieval_candidates,
     )
 
 
@@ -139,10 +140,19 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         raise ConfigError(str(err)) from None
     # The base model comes before the data because the data is tokenized with its tokenizer. A new
     # classification head is initialised here, from the init generator.
-    head = TASK_HEADS[config.data.task]
-    with torch_rng_scope(seed, "init", 1):
-        base = load_base_model(config.model.name, config.model.dtype, head, TASK_NUM_LABELS.get(config.data.task, 2))
-    tokenizer = base.tokenizer
+    with torch_rng_scope(seed, "init", 1), _as_config_error():
+        base = load_base_model(
+            config.model.name,
+            config.model.dtype,
+            TASK_HEADS[config.data.task],
+            TASK_NUM_LABELS.get(config.data.task, 2),
+        )
+    head, tokenizer = base.head, base.tokenizer
+    if head == "seq2seq_lm" and config.data.task == "completion":
+        raise ConfigError(
+            f"data.task=completion has no prompt for an encoder to read; model.name={config.model.name!r} is an "
+            f"encoder-decoder. Use a decoder-only model, or data.task=instruction or code_to_text"
+        )
     # Data is split once, from its own generator, so every round and every resume sees the same clients.
     try:
         data = build_data(config, tokenizer)
@@ -198,6 +208,7 @@ def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[s
     set_trainable_state(state.model, state.global_state)
     cfg = state.config.eval
     task = state.config.data.task
+    head = state.runtime.args.head
     pad = state.tokenizer.pad_token_id
     unscored = () if SCORE_SPECIAL_TOKENS[task] else state.tokenizer.all_special_ids
 
@@ -207,15 +218,15 @@ def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[s
         _, val_labels, val_probs = classifier_outputs(state.model, val, cfg.batch_size, pad)
         threshold = best_f1_threshold(val_labels, val_probs[:, 1])
 
-    def evaluate(examples):
-        if TASK_HEADS[task] == "embedding":
-            return evaluate_retrieval(state.model, examples, cfg.batch_size, pad, RETRIEVAL_TEMPERATURE)
-        if TASK_HEADS[task] == "sequence_classification":
+    def evaluate(examples, distractors=()):
+        if head == "embedding":
+            return evaluate_retrieval(state.model, examples, cfg.batch_size, pad, RETRIEVAL_TEMPERATURE, distractors)
+        if head == "sequence_classification":
             n_labels = TASK_NUM_LABELS[task]
             return evaluate_classifier(state.model, examples, cfg.batch_size, pad, n_labels, threshold)
-        return evaluate_causal_lm(state.model, examples, cfg.batch_size, pad, unscored)
+        return evaluate_causal_lm(state.model, examples, cfg.batch_size, pad, unscored, head)
 
-    test = evaluate(state.data.test)
+    test = evaluate(state.data.test, state.data.distractors)
     if task in GENERATION_METRICS:
         test |= evaluate_generation(state.model, state.tokenizer, state.data.test, cfg.max_new_tokens)
     per_client = {}

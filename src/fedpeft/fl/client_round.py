@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedpeft.models.heads import embed, token_logits_and_targets
 from fedpeft.models.state import get_trainable_state, set_trainable_state, trainable_parameters
 from fedpeft.tensors import TensorDict
 from fedpeft.tensors.batching import (
@@ -28,8 +29,8 @@ from fedpeft.tensors.batching import (
     collate_causal_lm,
     collate_classification,
     collate_query_code,
+    collate_seq2seq,
     count_target_tokens,
-    mean_pool,
 )
 
 
@@ -47,7 +48,8 @@ class LocalTrainingArgs:
     mask_prompt: bool
     pad_id: int
     head: str = "causal_lm"
-    """What the model predicts: next tokens (causal_lm) or a class per example (sequence_classification)."""
+    """What the model predicts (``models.base.HEADS``): next tokens (causal_lm), the response from the prompt
+    (seq2seq_lm), a class per example (sequence_classification) or embeddings (embedding)."""
 
 
 @dataclass
@@ -107,15 +109,16 @@ class Objective:
     count: Callable[[dict[str, torch.Tensor]], int]
 
 
-def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token cross-entropy over the labelled tokens of ``batch``."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        batch["labels"][:, 1:].flatten(),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+def token_loss_sum(head: str) -> Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]:
+    """Summed token cross-entropy over the labelled tokens of a batch, for a causal or seq2seq head."""
+
+    def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits, targets = token_logits_and_targets(model, batch, head)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+
+    return loss_sum
 
 
 def class_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -128,10 +131,6 @@ RETRIEVAL_TEMPERATURE = 0.05
 """Scale of the in-batch contrastive logits (cosine similarity / temperature)."""
 
 
-def embed(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return mean_pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
-
-
 def contrastive_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """In-batch contrastive loss: each query's own code against the batch's other codes, summed."""
     queries = embed(model, batch["query_ids"], batch["query_mask"])
@@ -141,7 +140,10 @@ def contrastive_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor])
 
 
 OBJECTIVES = {
-    "causal_lm": Objective(collate_causal_lm, token_loss_sum, lambda b: count_target_tokens(b["labels"])),
+    "causal_lm": Objective(collate_causal_lm, token_loss_sum("causal_lm"), lambda b: count_target_tokens(b["labels"])),
+    "seq2seq_lm": Objective(
+        collate_seq2seq, token_loss_sum("seq2seq_lm"), lambda b: int((b["labels"] != IGNORE_INDEX).sum())
+    ),
     "sequence_classification": Objective(collate_classification, class_loss_sum, lambda b: len(b["labels"])),
     "embedding": Objective(collate_query_code, contrastive_loss_sum, lambda b: len(b["query_ids"])),
 }

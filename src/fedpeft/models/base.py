@@ -23,6 +23,8 @@ class LoadedBase:
     tokenizer: object
     source: str
     """What ``from_pretrained`` was given: a local directory or a hub id. Adapters record it."""
+    head: str = "causal_lm"
+    """The head actually loaded: a task's ``causal_lm`` becomes ``seq2seq_lm`` on an encoder-decoder."""
 
 
 def resolve_model_source(name: str) -> str:
@@ -63,20 +65,40 @@ def _unreachable(name: str, err: Exception) -> str:
     )
 
 
-HEADS = ("causal_lm", "sequence_classification", "embedding")
+HEADS = ("causal_lm", "seq2seq_lm", "sequence_classification", "embedding")
+GENERATIVE_HEADS = ("causal_lm", "seq2seq_lm")
 
 
 def load_base_model(name: str, dtype: str = "float32", head: str = "causal_lm", num_labels: int = 2) -> LoadedBase:
     """The frozen base model and tokenizer named by ``model.name``; a tokenizer without a pad token
-    gets its end-of-sequence token as pad (labels mask padding, so this changes no loss)."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+    gets its end-of-sequence token as pad (labels mask padding, so this changes no loss).
+
+    A text-generation task (head ``causal_lm``) on an encoder-decoder model (T5, CodeT5) loads the
+    seq2seq head instead: the prompt goes to the encoder, the response is the decoder's target."""
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     if head not in HEADS:
         raise ValueError(f"unknown model head {head!r}; valid: {', '.join(HEADS)}")
     tokenizer = load_tokenizer(name)
     source = resolve_model_source(name)
     try:
-        if head == "causal_lm":
+        encoder_decoder = bool(getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False))
+        if encoder_decoder and head == "embedding":
+            raise ModelLoadError(
+                f"model.name={name!r} is an encoder-decoder; the embedding (code search) head needs an encoder "
+                f"or decoder model (BERT, RoBERTa, Llama, GPT-2)"
+            )
+        if encoder_decoder and head == "causal_lm":
+            head = "seq2seq_lm"
+        if head == "seq2seq_lm":
+            model = AutoModelForSeq2SeqLM.from_pretrained(source, dtype=DTYPES[dtype])
+        elif head == "causal_lm":
             model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
         elif head == "embedding":
             model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype])
@@ -89,4 +111,4 @@ def load_base_model(name: str, dtype: str = "float32", head: str = "causal_lm", 
         raise ModelLoadError(_unreachable(name, err)) from err
     for param in model.parameters():
         param.requires_grad_(False)
-    return LoadedBase(model=model, tokenizer=tokenizer, source=source)
+    return LoadedBase(model=model, tokenizer=tokenizer, source=source, head=head)

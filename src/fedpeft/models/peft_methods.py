@@ -40,7 +40,12 @@ def resolve_target_modules(model: torch.nn.Module, target_modules: list[str] | s
     return list(target_modules)
 
 
-PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS", "embedding": "FEATURE_EXTRACTION"}
+PEFT_TASK_TYPES = {
+    "causal_lm": "CAUSAL_LM",
+    "seq2seq_lm": "SEQ_2_SEQ_LM",
+    "sequence_classification": "SEQ_CLS",
+    "embedding": "FEATURE_EXTRACTION",
+}
 
 
 def apply_lora(

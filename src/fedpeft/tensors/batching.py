@@ -39,6 +39,17 @@ def collate_causal_lm(examples: Sequence[TokenizedExample], pad_id: int, mask_pr
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def collate_seq2seq(
+    examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool = True
+) -> dict[str, torch.Tensor]:
+    """Encoder-decoder batches: the prompt is the encoder input, the response the decoder's labels
+    (padding -100; the model builds its decoder inputs by shifting them right). The prompt is never a
+    target here, so ``mask_prompt`` has nothing to mask."""
+    ids, mask = pad_sequences([e.input_ids[: e.prompt_len] for e in examples], pad_id)
+    targets, target_mask = pad_sequences([e.input_ids[e.prompt_len :] for e in examples], pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "labels": targets.masked_fill(target_mask == 0, IGNORE_INDEX)}
+
+
 def count_target_tokens(labels: torch.Tensor) -> int:
     """Tokens that carry loss after the next-token shift (the first position never does)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
