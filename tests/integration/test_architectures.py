@@ -1,5 +1,5 @@
 """Other architectures from a local model directory: GPT-2 (causal LM and classification), BERT
-(classification) and T5 (seq2seq generation and classification), tiny and random, sharing the built-in
+(classification), RoBERTa (pair classification) and T5 (seq2seq generation and classification), tiny and random, sharing the built-in
 tokenizer. Target modules are resolved automatically ('auto')."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from transformers import (
     BertForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
+    RobertaConfig,
+    RobertaForSequenceClassification,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -40,6 +42,17 @@ def save_tiny(tmp_path, kind: str) -> str:
                 **common,
             )
         )
+    elif kind == "roberta":
+        model = RobertaForSequenceClassification(
+            RobertaConfig(
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=1026,
+                **common,
+            )
+        )
     else:
         model = BertForSequenceClassification(
             BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, **common)
@@ -56,6 +69,7 @@ def save_tiny(tmp_path, kind: str) -> str:
         ("gpt2", "instruction", "token_accuracy"),
         ("gpt2", "defect", "f1"),
         ("bert", "defect", "f1"),
+        ("roberta", "clone", "f1"),
         ("t5", "code_to_text", "bleu"),
         ("t5", "defect", "f1"),
     ],
