@@ -25,6 +25,17 @@ def recipes() -> None:
         typer.echo(f"{name:<16} {description}")
 
 
+@app.command()
+def strategies() -> None:
+    """List the server strategies and their settings (set them with --set fl.strategy_args.NAME=VALUE)."""
+    from fedpeft.fl.strategies import describe_strategies
+
+    for name, summary, settings in describe_strategies():
+        typer.echo(f"{name:<14} {summary}")
+        for key, default, help_text in settings:
+            typer.echo(f"{'':<16}{key} = {default}: {help_text}")
+
+
 @app.command("config")
 def show_config(
     recipe: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")] = "default",

@@ -66,5 +66,5 @@ def test_strategy_registry_rejects_duplicates_and_lists_valid_names():
                 return global_state
 
     assert "fedavg" in STRATEGIES
-    with pytest.raises(ValueError, match="valid strategies: fedavg"):
+    with pytest.raises(ValueError, match="valid strategies: fedadagrad, fedadam, fedavg,"):
         build_strategy("fedmagic")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -82,7 +82,15 @@ class FLConfig(Section):
     clients: int = Field(8, description="Number of clients the data is split across (>= 1).")
     rounds: int = Field(5, gt=0, description="Federated rounds.")
     fraction: float = Field(0.5, description="Fraction of clients sampled per round, in (0, 1].")
-    strategy: str = Field("fedavg", description="Server strategy name.")
+    strategy: str = Field("fedavg", description="Server strategy name (`fedpeft strategies` lists them).")
+    strategy_args: dict[str, Any] = Field(
+        default_factory=dict, description="Settings of the strategy, e.g. {mu: 0.01} for fedprox."
+    )
+    lora_aggregation: Literal["separate", "product"] = Field(
+        "separate",
+        description="How LoRA pairs are aggregated: separate (A and B each by the strategy, FedIT) or product "
+        "(the strategy acts on dW = B A, re-factored to rank r by truncated SVD; residual logged).",
+    )
     seed: int = Field(0, description="Seeds the data split, client sampling, init and training.")
 
     @field_validator("clients")

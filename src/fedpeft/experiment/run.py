@@ -38,7 +38,8 @@ from fedpeft.evaluation.metrics import (
 )
 from fedpeft.experiment.progress import RunProgress
 from fedpeft.fl.client_round import RETRIEVAL_TEMPERATURE, ClientUpdate, LocalTrainingArgs
-from fedpeft.fl.sampling import sample_clients
+from fedpeft.fl.lora_aggregation import aggregate_round, check_lora_aggregation
+from fedpeft.fl.sampling import clients_per_round, sample_clients
 from fedpeft.fl.strategies import Strategy, build_strategy
 from fedpeft.models.base import load_base_model
 from fedpeft.models.peft_methods import apply_lora
@@ -133,11 +134,11 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     """Build the run in dependency order; every check that can fail does so before round 1."""
     seed = config.fl.seed
     quiet_libraries()
-    # Strategy first: a wrong name is found before anything slow is loaded.
-    try:
-        strategy = build_strategy(config.fl.strategy)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    # Strategy first: a wrong name or setting, or a round size it degenerates on, is found before
+    # anything slow is loaded.
+    with _as_config_error():
+        strategy = build_strategy(config.fl.strategy, config.fl.strategy_args)
+        strategy.check_round_size(clients_per_round(config.fl.clients, config.fl.fraction))
     # The base model comes before the data because the data is tokenized with its tokenizer. A new
     # classification head is initialised here, from the init generator.
     with torch_rng_scope(seed, "init", 1), _as_config_error():
@@ -176,6 +177,8 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
             head=head,
         )
     model.eval()
+    with _as_config_error():
+        check_lora_aggregation(config.fl.lora_aggregation, get_trainable_state(model))
     args = LocalTrainingArgs(
         epochs=config.train.epochs,
         max_steps=config.train.max_steps,
@@ -269,12 +272,20 @@ def fit(state: RunState, progress: RunProgress) -> None:
         # ---- sample: a generator per round, so round r picks the same clients after a resume ----
         client_ids = sample_clients(cfg.fl.clients, cfg.fl.fraction, numpy_rng(cfg.fl.seed, "sampling", rnd))
         # ---- train: every sampled client starts from the current global state ----
+        current = state.global_state
         updates = state.runtime.train_round(
-            rnd, client_ids, state.global_state, on_client_start=progress.start_client, on_step=progress.client_step
+            rnd,
+            client_ids,
+            current,
+            on_client_start=progress.start_client,
+            on_step=progress.client_step,
+            hook_for=lambda cid, g=current: state.strategy.client_hook(cid, g),
         )
-        bytes_down = payload_bytes(state.global_state)
-        # ---- aggregate ----
-        state.global_state = state.strategy.aggregate(state.global_state, updates, rnd)
+        bytes_down = payload_bytes(current)
+        # ---- aggregate: the strategy, over LoRA pairs or their products ----
+        state.global_state, aggregation = aggregate_round(
+            state.strategy, cfg.fl.lora_aggregation, current, updates, rnd
+        )
         # ---- evaluate ----
         test, per_client = evaluate_global(state) if _should_evaluate(cfg, rnd) else (None, {})
         # ---- record and checkpoint: the round counts as done only once its checkpoint is in place ----
@@ -297,6 +308,7 @@ def fit(state: RunState, progress: RunProgress) -> None:
                 "bytes_up": up,
                 "bytes_down": down,
                 "seconds": round(seconds, 4),
+                **aggregation,
             }
         )
         save_checkpoint(

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -50,6 +51,13 @@ class LocalTrainingArgs:
     head: str = "causal_lm"
     """What the model predicts (``models.base.HEADS``): next tokens (causal_lm), the response from the prompt
     (seq2seq_lm), a class per example (sequence_classification) or embeddings (embedding)."""
+
+
+class ClientHook(Protocol):
+    """A strategy's change to local training, applied once per optimizer step after the step's gradients
+    are complete and before clipping (e.g. FedProx adds the gradient of mu/2 * ||theta - theta_global||^2)."""
+
+    def correct_gradients(self, params: dict[str, torch.nn.Parameter]) -> None: ...
 
 
 @dataclass
@@ -157,16 +165,19 @@ def train_client_round(
     args: LocalTrainingArgs,
     rng: np.random.Generator,
     on_step: Callable[[int, int], None] | None = None,
+    hook: ClientHook | None = None,
 ) -> ClientUpdate:
     """Train ``model`` (whose trainable tensors are overwritten by ``global_state``) on ``examples``.
 
-    ``on_step(done, total)`` is called after every optimizer step for progress display.
+    ``on_step(done, total)`` is called after every optimizer step for progress display; ``hook`` is the
+    strategy's change to local training, if any.
     """
     start = time.perf_counter()
     if not examples:
         raise ValueError(f"client-{client_id}: a client round needs at least one training example")
     set_trainable_state(model, global_state)
-    params = list(trainable_parameters(model).values())
+    named_params = trainable_parameters(model)
+    params = list(named_params.values())
     device = params[0].device
     total_steps = count_local_steps(len(examples), args)
     n_warmup = warmup_steps(total_steps, args.warmup_ratio)
@@ -190,6 +201,8 @@ def train_client_round(
             (loss / step_tokens).backward()
             loss_sum += float(loss.detach())
         token_total += step_tokens
+        if hook is not None:
+            hook.correct_gradients(named_params)
         if args.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         optimizer.step()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from fedpeft.fl.client_round import ClientUpdate, LocalTrainingArgs, count_local_steps, train_client_round
+from fedpeft.fl.client_round import ClientHook, ClientUpdate, LocalTrainingArgs, count_local_steps, train_client_round
 from fedpeft.seeding import numpy_rng, torch_rng_scope
 from fedpeft.tensors import TensorDict
 from fedpeft.tensors.batching import TokenizedExample
@@ -58,9 +58,11 @@ class LocalRuntime:
         global_state: TensorDict,
         on_client_start: Callable[[int, int], None] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        hook_for: Callable[[int], ClientHook | None] | None = None,
     ) -> list[ClientUpdate]:
         """Train each sampled client from ``global_state``; batch order and dropout are seeded by
-        (run seed, round, client) so any client round replays identically."""
+        (run seed, round, client) so any client round replays identically. ``hook_for(client)`` gives
+        the strategy's change to that client's local training."""
         updates = []
         for cid in client_ids:
             examples = self.client_examples[cid]
@@ -68,8 +70,11 @@ class LocalRuntime:
                 on_client_start(cid, count_local_steps(len(examples), self.args))
             rng: np.random.Generator = numpy_rng(self.seed, "train", server_round, cid)
             with torch_rng_scope(self.seed, "train", server_round, cid):
+                hook = hook_for(cid) if hook_for is not None else None
                 updates.append(
-                    train_client_round(self.model, cid, global_state, examples, self.args, rng, on_step=on_step)
+                    train_client_round(
+                        self.model, cid, global_state, examples, self.args, rng, on_step=on_step, hook=hook
+                    )
                 )
             release_freed_memory()
         return updates

@@ -2,25 +2,54 @@
 
 A strategy turns the global trainable state and this round's client updates into the next global state.
 Everything it needs arrives as arguments; whatever it keeps between rounds (server optimizer moments,
-control variates) is an explicit field returned by ``state_dict`` so that checkpoints hold it.
+control variates) is an explicit field returned by ``state_dict`` so that checkpoints hold it. A strategy
+that changes local training (a proximal term, a gradient correction) returns a :class:`ClientHook` from
+``client_hook``; the client round applies it without knowing which strategy asked.
+
+Each strategy has a small frozen ``Settings`` dataclass whose fields carry their help in
+``metadata["help"]``; ``fl.strategy_args`` in a recipe is checked against it before round 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from fedpeft.fl.client_round import ClientUpdate
+from fedpeft.fl.client_round import ClientHook, ClientUpdate
 from fedpeft.tensors import TensorDict
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSettings:
+    pass
+
+
+def setting(default: Any, help: str) -> Any:
+    """A strategy setting with its help text (shown by ``fedpeft strategies``)."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 class Strategy(ABC):
     name: ClassVar[str]
+    Settings: ClassVar[type] = NoSettings
+
+    def __init__(self, settings: Any = None):
+        self.settings = settings if settings is not None else self.Settings()
 
     @abstractmethod
     def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
         """The next global state."""
+
+    def check_round_size(self, n_clients: int) -> None:
+        """Raise ValueError if rounds of ``n_clients`` updates would make this strategy degenerate."""
+        return None
+
+    def client_hook(self, client_id: int, global_state: TensorDict) -> ClientHook | None:
+        """What the client round must add to local training for this strategy (None: nothing)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -44,7 +73,44 @@ def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     return register
 
 
-def build_strategy(name: str, **kwargs: Any) -> Strategy:
+def parse_settings(name: str, settings_cls: type, args: Mapping[str, Any]) -> Any:
+    """``args`` (from ``fl.strategy_args``) as the strategy's Settings, with errors that name the key."""
+    fields = {f.name: f for f in dataclasses.fields(settings_cls)}
+    unknown = sorted(set(args) - set(fields))
+    if unknown:
+        valid = ", ".join(fields) or "none"
+        raise ValueError(f"fl.strategy_args has {unknown}, which strategy {name!r} does not take; valid: {valid}")
+    hints = typing.get_type_hints(settings_cls)
+    values = {}
+    for key, raw in args.items():
+        kind = hints[key]
+        if kind is float and isinstance(raw, int | float) and not isinstance(raw, bool):
+            values[key] = float(raw)
+        elif kind is int and isinstance(raw, int) and not isinstance(raw, bool):
+            values[key] = raw
+        elif kind is bool and isinstance(raw, bool):
+            values[key] = raw
+        else:
+            raise ValueError(f"fl.strategy_args.{key}={raw!r} is not a valid {kind.__name__} (strategy {name!r})")
+    try:
+        return settings_cls(**values)
+    except ValueError as err:
+        raise ValueError(f"fl.strategy_args for {name!r}: {err}") from None
+
+
+def build_strategy(name: str, args: Mapping[str, Any] | None = None) -> Strategy:
     if name not in STRATEGIES:
         raise ValueError(f"unknown fl.strategy {name!r}; valid strategies: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name](**kwargs)
+    cls = STRATEGIES[name]
+    return cls(parse_settings(name, cls.Settings, args or {}))
+
+
+def describe_strategies() -> list[tuple[str, str, list[tuple[str, Any, str]]]]:
+    """(name, one-line summary, [(setting, default, help)]) for every registered strategy."""
+    rows = []
+    for name in sorted(STRATEGIES):
+        cls = STRATEGIES[name]
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        settings = [(f.name, f.default, f.metadata.get("help", "")) for f in dataclasses.fields(cls.Settings)]
+        rows.append((name, doc, settings))
+    return rows

@@ -9,9 +9,15 @@ from fedpeft.fl.strategies.base import Strategy, register_strategy
 from fedpeft.tensors import TensorDict, weighted_average
 
 
+def example_weighted_mean(updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+    if not updates:
+        raise ValueError(f"round {server_round}: no client updates to aggregate")
+    return weighted_average([u.state for u in updates], [u.num_examples for u in updates])
+
+
 @register_strategy("fedavg")
 class FedAvg(Strategy):
+    """Mean of the client states weighted by their example counts (McMahan et al., 2017)."""
+
     def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
-        if not updates:
-            raise ValueError(f"round {server_round}: no client updates to aggregate")
-        return weighted_average([u.state for u in updates], [u.num_examples for u in updates])
+        return example_weighted_mean(updates, server_round)

@@ -1,0 +1,18 @@
+"""FedYogi (Reddi et al., 2021): Yogi's additive second moment on the server."""
+
+from __future__ import annotations
+
+import torch
+
+from fedpeft.fl.strategies.base import register_strategy
+from fedpeft.fl.strategies.fedopt import AdaptiveServerOptimizer, DecayingSettings
+
+
+@register_strategy("fedyogi")
+class FedYogi(AdaptiveServerOptimizer):
+    """Yogi on the server: v moves toward delta^2 by a bounded additive step (Reddi et al., 2021)."""
+
+    Settings = DecayingSettings
+
+    def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
+        return v - (1 - self.settings.beta_2) * delta_sq * torch.sign(v - delta_sq)
