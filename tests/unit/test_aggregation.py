@@ -68,3 +68,19 @@ def test_strategy_registry_rejects_duplicates_and_lists_valid_names():
     assert "fedavg" in STRATEGIES
     with pytest.raises(ValueError, match="valid strategies: fedadagrad, fedadam, fedavg,"):
         build_strategy("fedmagic")
+
+
+def test_mixing_matrix_gives_each_client_its_row_of_the_states_and_identical_rows_are_fedavg():
+    from fedpeft.tensors.aggregate import mix_states
+
+    a, b = {"w": torch.tensor([0.0, 4.0])}, {"w": torch.tensor([8.0, 0.0])}
+    mixed = mix_states([a, b], torch.tensor([[3.0, 1.0], [0.0, 2.0]]))
+    assert torch.equal(mixed[0]["w"], torch.tensor([2.0, 3.0]))  # (3 a + 1 b) / 4
+    assert torch.equal(mixed[1]["w"], b["w"])
+    same = mix_states([a, b], torch.tensor([[1.0, 3.0], [1.0, 3.0]]))
+    expected = weighted_average([a, b], [1, 3])
+    assert all(torch.equal(m["w"], expected["w"]) for m in same)
+    with pytest.raises(ValueError, match="must be 2 x 2"):
+        mix_states([a, b], torch.ones(3, 3))
+    with pytest.raises(ValueError, match="non-negative with a positive sum"):
+        mix_states([a, b], torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
