@@ -78,7 +78,7 @@ def evaluate_generation(
     returns prompt + continuation, an encoder-decoder the continuation alone."""
     from fedpeft.evaluation.bleu import corpus_smoothed_bleu
 
-    continuation_start = 0 if getattr(model.config, "is_encoder_decoder", False) else None
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
 
     with evaluation_mode(model, examples) as device:
         candidates, references = [], []
@@ -92,8 +92,8 @@ def evaluate_generation(
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            start = e.prompt_len if continuation_start is None else continuation_start
-            candidates.append(tokenizer.decode(out[0, start:], skip_special_tokens=True).strip())
+            continuation = out[0] if encoder_decoder else out[0, e.prompt_len :]
+            candidates.append(tokenizer.decode(continuation, skip_special_tokens=True).strip())
             references.append(
                 e.reference or tokenizer.decode(e.input_ids[e.prompt_len :], skip_special_tokens=True).strip()
             )

@@ -37,11 +37,14 @@ def weighted_average(states: Sequence[TensorDict], weights: Sequence[float]) -> 
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
     check_same_layout(states)
-    w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
-    w = w / w.sum()
+    total = float(sum(weights))
     out: TensorDict = {}
     for key, ref in states[0].items():
-        out[key] = torch.tensordot(w, stacked(states, key), dims=1).to(ref.dtype)
+        # Accumulated, not stacked: one float64 copy of a tensor in memory, however many clients.
+        acc = torch.zeros(ref.shape, dtype=torch.float64)
+        for s, w in zip(states, weights, strict=True):
+            acc += s[key].to(torch.float64) * (w / total)
+        out[key] = acc.to(ref.dtype)
     return out
 
 
