@@ -31,11 +31,16 @@ class FedProxSettings:
 class ProximalTerm:
     mu: float
     anchor: TensorDict
+    """The global state the client started from; its own copy, since tensors move to the model's device."""
 
     def correct_gradients(self, params: dict[str, torch.nn.Parameter]) -> None:
         with torch.no_grad():
             for name, p in params.items():
-                pull = (p - self.anchor[name].to(device=p.device, dtype=p.dtype)).mul_(self.mu)
+                anchor = self.anchor[name]
+                if anchor.device != p.device or anchor.dtype != p.dtype:
+                    # Moved once per round, not copied to the accelerator again on every step.
+                    anchor = self.anchor[name] = anchor.to(device=p.device, dtype=p.dtype)
+                pull = (p - anchor).mul_(self.mu)
                 if p.grad is None:
                     p.grad = pull
                 else:
@@ -49,7 +54,7 @@ class FedProx(Strategy):
     Settings = FedProxSettings
 
     def client_hook(self, client_id: int, global_state: TensorDict) -> ProximalTerm:
-        return ProximalTerm(self.settings.mu, global_state)
+        return ProximalTerm(self.settings.mu, dict(global_state))
 
     def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
         return example_weighted_mean(updates, server_round)
