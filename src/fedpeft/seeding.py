@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-PURPOSES = ("data", "sampling", "init", "train")
+PURPOSES = ("data", "sampling", "init", "train", "teacher", "distill")
 
 
 def _entropy(seed: int, purpose: str, keys: tuple[int, ...]) -> list[int]:

@@ -15,7 +15,11 @@ from fedpeft.experiment.run import RunInterrupted, run_experiment, setup
 from fedpeft.fl.strategies import STRATEGIES
 
 FIVE_CLIENTS = ("fl.clients=5", "fl.fraction=1.0", "eval.every=0", "eval.clients=false")
-ARGS = {"krum": ["fl.strategy_args.byzantine=1"], "multikrum": ["fl.strategy_args.byzantine=1"]}
+ARGS = {
+    "krum": ["fl.strategy_args.byzantine=1"],
+    "multikrum": ["fl.strategy_args.byzantine=1"],
+    "fedkd": ["data.server_fraction=0.2"],
+}
 
 
 def adapter(run_dir):
@@ -28,14 +32,23 @@ def test_every_strategy_runs_and_moves_the_adapter(micro_config, name):
     run_dir, summary = run_experiment(config, quiet=True)
     assert summary["status"] == "completed" and summary["final_eval"]["loss"] > 0
     start = setup(config, run_dir).global_state
-    trained = load_checkpoint_state(run_dir)
-    assert any(not torch.equal(start[k], trained[k]) for k in start)
+    checkpoint = last_checkpoint(run_dir)
+    if STRATEGIES[name].personalised:
+        # Every client has its own trained state and its own PEFT adapter directory.
+        assert sorted(checkpoint.client_states) == list(range(5))
+        for cid, trained in checkpoint.client_states.items():
+            assert any(not torch.equal(start[k], trained[k]) for k in start)
+            saved = load_file(str(run_dir / "adapter" / f"client-{cid}" / "adapter_model.safetensors"))
+            assert len(saved) == len(trained)
+    else:
+        assert not checkpoint.client_states
+        assert any(not torch.equal(start[k], checkpoint.global_state[k]) for k in start)
 
 
-def load_checkpoint_state(run_dir):
+def last_checkpoint(run_dir):
     from fedpeft.reporting.checkpoint import list_checkpoints, load_checkpoint
 
-    return load_checkpoint(list_checkpoints(run_dir)[-1]).global_state
+    return load_checkpoint(list_checkpoints(run_dir)[-1])
 
 
 def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_clients_to_the_global_state(micro_config, tmp_path):

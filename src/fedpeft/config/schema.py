@@ -76,6 +76,19 @@ class DataConfig(Section):
     max_length: int = Field(256, gt=8, description="Token cutoff per example (prompt + response).")
     train_on_inputs: bool = Field(False, description="Also compute the loss on prompt tokens (false masks them).")
     template: Literal["alpaca"] = Field("alpaca", description="Prompt template.")
+    server_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the training rows the server holds as public data (FedKD's teacher and "
+        "distillation data, dynamic-token's reference set); 0 gives the server none.",
+    )
+    server_split: Literal["held_out", "shared"] = Field(
+        "held_out",
+        description="held_out: the server's rows are taken out of the client pool, so server-side strategies see "
+        "data the clients never do (FedKD's published setting); shared: they are a sample of the clients' own "
+        "training rows, so no strategy sees more data than FedAvg does (the fair setting).",
+    )
 
 
 class FLConfig(Section):

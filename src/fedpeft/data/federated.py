@@ -36,6 +36,9 @@ class FederatedData:
     """Row counts, dropped rows and the clients x categories table; written to partition.json."""
     distractors: list[TokenizedExample] = field(default_factory=list)
     """Retrieval tasks: extra candidate codes (the response part) that test queries are ranked against."""
+    server: list[TokenizedExample] = field(default_factory=list)
+    """Public rows the server holds (``data.server_fraction``): FedKD's teacher and distillation data, the
+    reference set of dynamic-token trust weights."""
 
 
 def load_rows(
@@ -79,10 +82,16 @@ def build_federated_data(
     n_clients: int,
     rng: np.random.Generator,
     retrieval_candidates: int = 0,
+    server_fraction: float = 0.0,
+    server_split: str = "held_out",
 ) -> FederatedData:
     """Global test rows come from the corpus 'test' split (never seen in pretraining); client rows from
     'train'. ``max_rows`` caps the client pool; ``test_size`` the test rows. For retrieval tasks,
-    ``retrieval_candidates`` sizes the pool each test query is ranked in (see :func:`retrieval_distractors`)."""
+    ``retrieval_candidates`` sizes the pool each test query is ranked in (see :func:`retrieval_distractors`).
+    ``server_fraction`` of the pool goes to the server: taken out of it (``held_out``) or sampled from the
+    clients' training rows (``shared``)."""
+    if server_split not in ("held_out", "shared"):
+        raise ValueError(f"unknown data.server_split {server_split!r}; valid: held_out, shared")
     rows = load_rows(source, modules, task, template, schema)
     test_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "test"]
     pool_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "train"]
@@ -98,6 +107,15 @@ def build_federated_data(
     test, unused_test = test[:test_size], test[test_size:]
     client_rows = pool_rows[:max_rows] if max_rows else pool_rows
     pool, dropped = tokenize_task_rows(client_rows, tokenizer, max_length)
+    n_server = int(round(server_fraction * len(pool)))
+    if server_fraction > 0 and n_server == 0:
+        raise PartitionError(
+            f"data.server_fraction={server_fraction} of {len(pool)} training rows is no row; raise it or add rows"
+        )
+    server: list[TokenizedExample] = []
+    if server_split == "held_out" and n_server:
+        # The pool is already in seeded random order: its head is a random sample.
+        server, pool = pool[:n_server], pool[n_server:]
     if n_clients > len(pool):
         raise PartitionError(
             f"fl.clients={n_clients} is more than the {len(pool)} training rows (after dropping {dropped} rows "
@@ -121,11 +139,16 @@ def build_federated_data(
         n_val = int(round(val_fraction * len(local))) if val_fraction > 0 else 0
         n_val = min(max(n_val, 1 if val_fraction > 0 else 0), len(local) - 1)
         clients.append(ClientData(client_id=cid, train=local[n_val:], val=local[:n_val]))
+    if server_split == "shared" and n_server:
+        union = [e for c in clients for e in c.train]
+        server = [union[i] for i in rng.choice(len(union), size=min(n_server, len(union)), replace=False)]
     report = {
         "rows_total": len(rows),
         "rows_used": len(pool) + len(test),
         "rows_dropped_too_long": dropped,
         "test_rows": len(test),
+        "server_rows": len(server),
+        "server_split": server_split,
         "partition": partition,
         "clients": {f"client-{c.client_id}": {"train": len(c.train), "val": len(c.val)} for c in clients},
         "categories": category_table(categories, parts),
@@ -135,7 +158,7 @@ def build_federated_data(
         spare = [r for r in rows if r.split == "valid"] + pool_rows[len(client_rows) :]
         distractors = retrieval_distractors(unused_test, spare, tokenizer, max_length, retrieval_candidates - len(test))
         report["retrieval_candidates"] = len(test) + len(distractors)
-    return FederatedData(test=test, clients=clients, report=report, distractors=distractors)
+    return FederatedData(test=test, clients=clients, report=report, distractors=distractors, server=server)
 
 
 def retrieval_distractors(

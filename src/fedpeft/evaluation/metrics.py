@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from fedpeft.models.heads import embed, token_logits_and_targets
+from fedpeft.models.heads import embed, scored_outputs, token_logits_and_targets
 from fedpeft.tensors.batching import IGNORE_INDEX, TokenizedExample, collate_causal_lm, collate_seq2seq
 
 
@@ -170,6 +170,28 @@ def evaluate_classifier(
         predictions = (probs[:, 1] >= threshold).long().tolist()
     scores = {"loss": loss_sum / len(labels), **classification_scores(labels, predictions, num_labels)}
     return scores | {"examples": len(labels)} | ({"threshold": threshold} if threshold is not None else {})
+
+
+@torch.no_grad()
+def output_probabilities(
+    model: torch.nn.Module, examples: Sequence[TokenizedExample], batch_size: int, pad_id: int, head: str
+) -> torch.Tensor:
+    """(scored positions x outputs) probabilities in the order of ``examples``: the next-token distribution
+    at every response token (causal or seq2seq head) or the class distribution per example. Two models'
+    outputs on the same examples line up row by row."""
+    from fedpeft.tensors.batching import collate_classification
+
+    if head == "embedding":
+        raise ValueError("an embedding model has no output distribution to compare")
+    collate = {"seq2seq_lm": collate_seq2seq, "causal_lm": collate_causal_lm}.get(head)
+    rows = []
+    with evaluation_mode(model, examples) as device:
+        for i in range(0, len(examples), batch_size):
+            chunk = list(examples[i : i + batch_size])
+            batch = collate(chunk, pad_id, mask_prompt=True) if collate else collate_classification(chunk, pad_id)
+            logits, _, _ = scored_outputs(model, {k: v.to(device) for k, v in batch.items()}, head)
+            rows.append(logits.float().softmax(-1).cpu())
+    return torch.cat(rows)
 
 
 def mean_reciprocal_rank(similarity: torch.Tensor) -> float:

@@ -54,7 +54,8 @@ class RunProgress:
     def start_client(self, client_id: int, steps: int) -> None:
         if self._steps is not None:
             self.progress.remove_task(self._steps)
-        self._steps = self.progress.add_task(f"client-{client_id}", total=steps)
+        label = f"client-{client_id}" if client_id >= 0 else "pooled clients"
+        self._steps = self.progress.add_task(label, total=steps)
 
     def client_step(self, done: int, total: int) -> None:
         if self._steps is not None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 
 from fedpeft.config.recipes import ConfigError, dump_config, load_run_config
 from fedpeft.config.schema import RunConfig
-from fedpeft.data.federated import FederatedData, build_federated_data
+from fedpeft.data.federated import ClientData, FederatedData, build_federated_data
 from fedpeft.data.partition import PartitionError
 from fedpeft.data.sources import DataSourceError
 from fedpeft.data.text_tasks import (
@@ -35,19 +35,20 @@ from fedpeft.evaluation.metrics import (
     evaluate_classifier,
     evaluate_generation,
     evaluate_retrieval,
+    output_probabilities,
 )
 from fedpeft.experiment.progress import RunProgress
 from fedpeft.fl.client_round import RETRIEVAL_TEMPERATURE, ClientUpdate, LocalTrainingArgs
-from fedpeft.fl.lora_aggregation import aggregate_round, check_lora_aggregation
+from fedpeft.fl.lora_aggregation import aggregate_personalised_round, aggregate_round, check_lora_aggregation
 from fedpeft.fl.sampling import clients_per_round, sample_clients
-from fedpeft.fl.strategies import Strategy, build_strategy
+from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
 from fedpeft.models.base import load_base_model
 from fedpeft.models.peft_methods import apply_lora
 from fedpeft.models.state import get_trainable_state, set_trainable_state
 from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from fedpeft.reporting.plots import plot_losses, plot_partition_heatmap
+from fedpeft.reporting.plots import plot_losses, plot_mixing_matrix, plot_partition_heatmap
 from fedpeft.runtime.local import LocalRuntime
 from fedpeft.seeding import numpy_rng, torch_rng_scope
 from fedpeft.tensors import TensorDict, payload_bytes
@@ -89,6 +90,9 @@ class RunState:
     strategy: Strategy
     runtime: LocalRuntime
     global_state: TensorDict
+    """The global model; for a personalised strategy, the start of every client that has not trained yet."""
+    client_states: dict[int, TensorDict] = field(default_factory=dict)
+    """Personalised strategies: each client's own state once it has trained."""
     completed_round: int = 0
 
     @property
@@ -127,6 +131,8 @@ def build_data(config: RunConfig, tokenizer) -> FederatedData:
         n_clients=config.fl.clients,
         rng=numpy_rng(config.fl.seed, "data"),
         retrieval_candidates=config.eval.retrieval_candidates,
+        server_fraction=d.server_fraction,
+        server_split=d.server_split,
     )
 
 
@@ -194,6 +200,9 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         head=head,
     )
     runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed)
+    # A strategy that needs server data, validation rows or categories says so now, before round 1.
+    with _as_config_error():
+        strategy.bind(server_context(config, model, tokenizer, data, args))
     return RunState(
         config=config,
         run_dir=run_dir,
@@ -206,38 +215,103 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     )
 
 
-def evaluate_global(state: RunState) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """The global adapter on the test split and on each client's validation split."""
-    set_trainable_state(state.model, state.global_state)
-    cfg = state.config.eval
-    task = state.config.data.task
-    head = state.runtime.args.head
-    pad = state.tokenizer.pad_token_id
-    unscored = () if SCORE_SPECIAL_TOKENS[task] else state.tokenizer.all_special_ids
-
-    threshold = None
-    if task in THRESHOLD_ON_VALIDATION:
-        val = [e for c in state.data.clients for e in c.val]
-        _, val_labels, val_probs = classifier_outputs(state.model, val, cfg.batch_size, pad)
-        threshold = best_f1_threshold(val_labels, val_probs[:, 1])
+def split_evaluator(
+    model: torch.nn.Module, tokenizer, config: RunConfig, head: str, threshold: float | None = None
+) -> Callable[..., dict[str, float]]:
+    """``evaluate(examples, distractors=())``: the task's metrics of the model as it is now on a split."""
+    cfg = config.eval
+    task = config.data.task
+    pad = tokenizer.pad_token_id
+    unscored = () if SCORE_SPECIAL_TOKENS[task] else tokenizer.all_special_ids
 
     def evaluate(examples, distractors=()):
         if head == "embedding":
-            return evaluate_retrieval(state.model, examples, cfg.batch_size, pad, RETRIEVAL_TEMPERATURE, distractors)
+            return evaluate_retrieval(model, examples, cfg.batch_size, pad, RETRIEVAL_TEMPERATURE, distractors)
         if head == "sequence_classification":
-            n_labels = TASK_NUM_LABELS[task]
-            return evaluate_classifier(state.model, examples, cfg.batch_size, pad, n_labels, threshold)
-        return evaluate_causal_lm(state.model, examples, cfg.batch_size, pad, unscored, head)
+            return evaluate_classifier(model, examples, cfg.batch_size, pad, TASK_NUM_LABELS[task], threshold)
+        return evaluate_causal_lm(model, examples, cfg.batch_size, pad, unscored, head)
 
+    return evaluate
+
+
+def server_context(config: RunConfig, model, tokenizer, data: FederatedData, args: LocalTrainingArgs) -> ServerContext:
+    """What strategies may use beyond the updates: the server's rows, the clients' validation rows and
+    categories, and scoring functions over a trainable state (loaded into the one model)."""
+    evaluate = split_evaluator(model, tokenizer, config, args.head)
+
+    def loss(trainable: TensorDict, examples) -> float:
+        set_trainable_state(model, trainable)
+        return float(evaluate(examples)["loss"])
+
+    def probabilities(trainable: TensorDict, examples) -> torch.Tensor:
+        set_trainable_state(model, trainable)
+        return output_probabilities(model, examples, config.eval.batch_size, tokenizer.pad_token_id, args.head)
+
+    return ServerContext(
+        model=model,
+        args=args,
+        seed=config.fl.seed,
+        server_data=data.server,
+        client_val={c.client_id: c.val for c in data.clients},
+        client_categories={c.client_id: c.categories for c in data.clients},
+        loss=loss,
+        probabilities=probabilities,
+        lora_aggregation=config.fl.lora_aggregation,
+    )
+
+
+def evaluate_state(
+    state: RunState, trainable: TensorDict, clients: Sequence[ClientData]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """One trainable state on the test split and on the validation split of each of ``clients`` (which
+    also choose the decision threshold of tasks that need one)."""
+    set_trainable_state(state.model, trainable)
+    config = state.config
+    task = config.data.task
+    threshold = None
+    if task in THRESHOLD_ON_VALIDATION:
+        val = [e for c in clients for e in c.val]
+        _, val_labels, val_probs = classifier_outputs(
+            state.model, val, config.eval.batch_size, state.tokenizer.pad_token_id
+        )
+        threshold = best_f1_threshold(val_labels, val_probs[:, 1])
+    evaluate = split_evaluator(state.model, state.tokenizer, config, state.runtime.args.head, threshold)
     test = evaluate(state.data.test, state.data.distractors)
     if task in GENERATION_METRICS:
-        test |= evaluate_generation(state.model, state.tokenizer, state.data.test, cfg.max_new_tokens)
+        test |= evaluate_generation(state.model, state.tokenizer, state.data.test, config.eval.max_new_tokens)
     per_client = {}
-    if cfg.clients:
-        for c in state.data.clients:
+    if config.eval.clients:
+        for c in clients:
             if c.val:
                 per_client[f"client-{c.client_id}"] = evaluate(c.val)
     return test, per_client
+
+
+def mean_metrics(results: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean of metric dicts (the keys every one of them has)."""
+    keys = [k for k in results[0] if all(k in r for r in results)]
+    return {k: sum(float(r[k]) for r in results) / len(results) for k in keys}
+
+
+Metrics = dict[str, float]
+
+
+def evaluate_global(state: RunState) -> tuple[Metrics, dict[str, Metrics], dict[str, Metrics]]:
+    """(test metrics, each client's validation metrics, each client's model's test metrics).
+
+    A global strategy is scored with its global state (the third part is empty). A personalised one with
+    each client's own state: on that client's validation rows, and on the test split as the mean over the
+    clients' models (each one kept in the third part)."""
+    clients = state.data.clients
+    if not state.strategy.personalised:
+        test, per_client = evaluate_state(state, state.global_state, clients)
+        return test, per_client, {}
+    tests, per_client = {}, {}
+    for c in clients:
+        test, own = evaluate_state(state, state.client_states.get(c.client_id, state.global_state), [c])
+        tests[f"client-{c.client_id}"] = test
+        per_client |= own
+    return mean_metrics(list(tests.values())), per_client, tests
 
 
 def _should_evaluate(config: RunConfig, rnd: int) -> bool:
@@ -259,42 +333,63 @@ def _client_record(rnd: int, u: ClientUpdate, bytes_down: int) -> dict[str, Any]
     }
 
 
+def _train(state: RunState, rnd: int, client_ids: list[int], progress: RunProgress) -> list[ClientUpdate]:
+    """This round's client updates: each sampled client from the global state (or its own, for a
+    personalised strategy), or one update on their pooled rows (the centralised baseline)."""
+    strategy, current = state.strategy, state.global_state
+    if strategy.pools_data:
+        return state.runtime.train_pooled(
+            rnd, client_ids, current, on_client_start=progress.start_client, on_step=progress.client_step
+        )
+    return state.runtime.train_round(
+        rnd,
+        client_ids,
+        current,
+        on_client_start=progress.start_client,
+        on_step=progress.client_step,
+        hook_for=lambda cid: strategy.client_hook(cid, state.client_states.get(cid, current)),
+        client_states=state.client_states if strategy.personalised else None,
+    )
+
+
 def fit(state: RunState, progress: RunProgress) -> None:
     """The round loop, from the round after the last completed one to ``fl.rounds``."""
     cfg = state.config
+    strategy = state.strategy
     if state.completed_round == 0 and cfg.eval.every > 0 and not any(r.get("round") == 0 for r in state.log.read()):
-        test, per_client = evaluate_global(state)
-        state.log.append({"type": "round", "round": 0, "eval": test, "client_eval": per_client})
+        test, per_client, client_test = evaluate_global(state)
+        state.log.append(
+            {"type": "round", "round": 0, "eval": test, "client_eval": per_client, "client_test": client_test}
+        )
         progress.round_line(0, [], None, test, 0, 0.0)
     progress.start_rounds(cfg.fl.rounds, state.completed_round)
     for rnd in range(state.completed_round + 1, cfg.fl.rounds + 1):
         started = time.perf_counter()
         # ---- sample: a generator per round, so round r picks the same clients after a resume ----
         client_ids = sample_clients(cfg.fl.clients, cfg.fl.fraction, numpy_rng(cfg.fl.seed, "sampling", rnd))
-        # ---- train: every sampled client starts from the current global state ----
-        current = state.global_state
-        updates = state.runtime.train_round(
-            rnd,
-            client_ids,
-            current,
-            on_client_start=progress.start_client,
-            on_step=progress.client_step,
-            hook_for=lambda cid, g=current: state.strategy.client_hook(cid, g),
-        )
-        bytes_down = payload_bytes(current)
+        # ---- train: every sampled client from the global state (personalised: from its own) ----
+        sent = {u: state.client_states.get(u, state.global_state) for u in client_ids}
+        updates = _train(state, rnd, client_ids, progress)
         # ---- aggregate: the strategy, over LoRA pairs or their products ----
-        state.global_state, aggregation = aggregate_round(
-            state.strategy, cfg.fl.lora_aggregation, current, updates, rnd
-        )
+        mixing = None
+        if strategy.personalised:
+            mixed, mixing, aggregation = aggregate_personalised_round(strategy, cfg.fl.lora_aggregation, updates, rnd)
+            state.client_states |= {u.client_id: m for u, m in zip(updates, mixed, strict=True)}
+        else:
+            state.global_state, aggregation = aggregate_round(
+                strategy, cfg.fl.lora_aggregation, state.global_state, updates, rnd
+            )
         # ---- evaluate ----
-        test, per_client = evaluate_global(state) if _should_evaluate(cfg, rnd) else (None, {})
+        test, per_client, client_test = evaluate_global(state) if _should_evaluate(cfg, rnd) else (None, {}, {})
         # ---- record and checkpoint: the round counts as done only once its checkpoint is in place ----
-        for u in updates:
-            state.log.append(_client_record(rnd, u, bytes_down))
+        records = [_client_record(rnd, u, payload_bytes(sent.get(u.client_id, {}))) for u in updates]
+        if not strategy.communicates:
+            records = [r | {"bytes_up": 0, "bytes_down": 0} for r in records]
+        for r in records:
+            state.log.append(r)
         n_examples = sum(u.num_examples for u in updates)
         train_loss = sum(u.train_loss * u.num_examples for u in updates) / n_examples
-        up = sum(payload_bytes(u.state) for u in updates)
-        down = bytes_down * len(updates)
+        up, down = sum(r["bytes_up"] for r in records), sum(r["bytes_down"] for r in records)
         seconds = time.perf_counter() - started
         state.log.append(
             {
@@ -305,9 +400,11 @@ def fit(state: RunState, progress: RunProgress) -> None:
                 "train_loss": train_loss,
                 "eval": test,
                 "client_eval": per_client,
+                "client_test": client_test,
                 "bytes_up": up,
                 "bytes_down": down,
                 "seconds": round(seconds, 4),
+                **({"mixing": mixing.tolist()} if mixing is not None else {}),
                 **aggregation,
             }
         )
@@ -316,8 +413,9 @@ def fit(state: RunState, progress: RunProgress) -> None:
             Checkpoint(
                 round=rnd,
                 global_state=state.global_state,
-                strategy_state=state.strategy.state_dict(),
+                strategy_state=strategy.state_dict(),
                 extra={"rng": "derived from fl.seed per (purpose, round, client); no state to restore"},
+                client_states=state.client_states,
             ),
             keep=cfg.output.keep_checkpoints,
         )
@@ -331,11 +429,22 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
     run_dir = state.run_dir
     rounds = [r for r in state.log.read() if r.get("type") == "round"]
     if status == "completed":
-        set_trainable_state(state.model, state.global_state)
-        state.model.save_pretrained(run_dir / rd.ADAPTER_DIR)
-        state.tokenizer.save_pretrained(run_dir / rd.ADAPTER_DIR)
+        # A personalised run has one adapter per client (adapter/client-N); a global run one adapter.
+        adapters = {rd.ADAPTER_DIR: state.global_state}
+        if state.strategy.personalised:
+            adapters = {
+                f"{rd.ADAPTER_DIR}/client-{c.client_id}": state.client_states.get(c.client_id, state.global_state)
+                for c in state.data.clients
+            }
+        for where, trainable in adapters.items():
+            set_trainable_state(state.model, trainable)
+            state.model.save_pretrained(run_dir / where)
+            state.tokenizer.save_pretrained(run_dir / where)
     if rounds:
         plot_losses(rounds, run_dir / rd.LOSS_PLOT)
+    mixed = [r for r in rounds if r.get("mixing")]
+    if mixed:
+        plot_mixing_matrix(mixed[-1]["mixing"], mixed[-1]["clients"], mixed[-1]["round"], run_dir / rd.MIXING_PLOT)
     evals = [r for r in rounds if r.get("eval")]
     trainable = sum(t.numel() for t in state.global_state.values())
     total_params = sum(p.numel() for p in state.model.parameters())
@@ -347,6 +456,7 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
         "final_eval": evals[-1]["eval"] if evals else None,
         "initial_eval": evals[0]["eval"] if evals and evals[0]["round"] == 0 else None,
         "best_eval_loss": min((r["eval"]["loss"] for r in evals), default=None),
+        "final_client_eval": evals[-1].get("client_eval") if evals else None,
         "bytes_up": sum(r.get("bytes_up", 0) for r in rounds),
         "bytes_down": sum(r.get("bytes_down", 0) for r in rounds),
         "rounds_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
@@ -380,6 +490,7 @@ def _restore(state: RunState) -> None:
         ckpt = load_checkpoint(list_checkpoints(state.run_dir)[-1])
         set_trainable_state(state.model, ckpt.global_state)
         state.global_state = ckpt.global_state
+        state.client_states = ckpt.client_states
         state.strategy.load_state_dict(ckpt.strategy_state)
 
 

@@ -18,8 +18,9 @@ from dataclasses import replace
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.strategies.base import Strategy
+from fedpeft.fl.strategies.base import PersonalisedStrategy, Strategy
 from fedpeft.tensors import TensorDict
+from fedpeft.tensors.aggregate import mix_states
 
 LORA_AGGREGATION_MODES = ("separate", "product")
 _A, _B, _PRODUCT = ".lora_A.", ".lora_B.", ".lora_BA."
@@ -77,9 +78,29 @@ def aggregate_round(
 ) -> tuple[TensorDict, dict[str, float]]:
     """The strategy's next global state under LoRA aggregation ``mode``, and figures for the round log."""
     if mode == "separate":
-        return strategy.aggregate(global_state, updates, server_round), {}
+        new_state = strategy.aggregate(global_state, updates, server_round)
+        return new_state, strategy.round_figures()
     in_product = [replace(u, state=to_product_space(u.state)) for u in updates]
     new_product = strategy.aggregate(to_product_space(global_state), in_product, server_round)
     new_state, residuals = from_product_space(new_product, global_state)
-    values = list(residuals.values())
-    return new_state, {"lora_residual_max": max(values), "lora_residual_mean": sum(values) / len(values)}
+    return new_state, _residual_figures([residuals]) | strategy.round_figures()
+
+
+def aggregate_personalised_round(
+    strategy: PersonalisedStrategy, mode: str, updates: Sequence[ClientUpdate], server_round: int
+) -> tuple[list[TensorDict], torch.Tensor, dict[str, float]]:
+    """Each updated client's next state (in the order of ``updates``), the row-normalised mixing matrix W and
+    figures for the round log. In ``product`` mode the rows of W mix the clients' products B A, and each
+    client's mix is re-factored to its rank."""
+    weights = strategy.mixing_matrix(updates, server_round)
+    weights = weights.to(torch.float64) / weights.to(torch.float64).sum(1, keepdim=True)
+    if mode == "separate":
+        return mix_states([u.state for u in updates], weights), weights, strategy.round_figures()
+    mixed = mix_states([to_product_space(u.state) for u in updates], weights)
+    states, residuals = zip(*(from_product_space(m, u.state) for m, u in zip(mixed, updates, strict=True)), strict=True)
+    return list(states), weights, _residual_figures(residuals) | strategy.round_figures()
+
+
+def _residual_figures(residuals: Sequence[dict[str, float]]) -> dict[str, float]:
+    values = [v for r in residuals for v in r.values()]
+    return {"lora_residual_max": max(values), "lora_residual_mean": sum(values) / len(values)}

@@ -1,7 +1,8 @@
 """Round checkpoints with the full federated state.
 
 ``checkpoints/round-NNNN/`` holds ``global.safetensors`` (the global trainable state),
-``strategy.safetensors`` (tensor-valued strategy state, if any) and ``state.json`` (round, non-tensor
+``strategy.safetensors`` (tensor-valued strategy state, if any), ``clients.safetensors`` (personalised
+strategies: each client's own state, keys ``<client>/<tensor>``) and ``state.json`` (round, non-tensor
 strategy state, RNG scheme). A checkpoint is written to a temporary directory and renamed into place,
 so an interrupted write never leaves a partial checkpoint that resume would trust.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class Checkpoint:
     global_state: TensorDict
     strategy_state: dict[str, Any]
     extra: dict[str, Any]
+    client_states: dict[int, TensorDict] = field(default_factory=dict)
 
 
 def _split_tensors(state: dict[str, Any]) -> tuple[TensorDict, dict[str, Any]]:
@@ -47,6 +49,9 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int) -> Path:
     strategy_tensors, strategy_rest = _split_tensors(ckpt.strategy_state)
     if strategy_tensors:
         save_file({k: v.contiguous() for k, v in strategy_tensors.items()}, str(tmp / "strategy.safetensors"))
+    if ckpt.client_states:
+        flat = {f"{cid}/{k}": v.contiguous() for cid, state in ckpt.client_states.items() for k, v in state.items()}
+        save_file(flat, str(tmp / "clients.safetensors"))
     meta = {"format": FORMAT_VERSION, "round": ckpt.round, "strategy": strategy_rest, **ckpt.extra}
     (tmp / "state.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(final, ignore_errors=True)
@@ -71,8 +76,17 @@ def load_checkpoint(path: Path) -> Checkpoint:
     strategy = dict(meta.pop("strategy"))
     if (path / "strategy.safetensors").exists():
         strategy.update(load_file(str(path / "strategy.safetensors")))
+    clients: dict[int, TensorDict] = {}
+    if (path / "clients.safetensors").exists():
+        for key, tensor in load_file(str(path / "clients.safetensors")).items():
+            cid, name = key.split("/", 1)
+            clients.setdefault(int(cid), {})[name] = tensor
     rnd = meta.pop("round")
     meta.pop("format")
     return Checkpoint(
-        round=rnd, global_state=load_file(str(path / "global.safetensors")), strategy_state=strategy, extra=meta
+        round=rnd,
+        global_state=load_file(str(path / "global.safetensors")),
+        strategy_state=strategy,
+        extra=meta,
+        client_states=clients,
     )

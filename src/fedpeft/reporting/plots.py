@@ -29,6 +29,32 @@ def plot_losses(rounds: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_mixing_matrix(weights: list[list[float]], clients: list[int], rnd: int, path: Path) -> None:
+    """A personalised round's mixing matrix W: row i is what client i's next model takes from each client."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"client-{c}" for c in clients]
+    size = min(2.5 + 0.45 * len(clients), 16)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(weights, cmap="magma", vmin=0.0, vmax=max(max(row) for row in weights))
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    if len(clients) <= 12:
+        for i, row in enumerate(weights):
+            for j, w in enumerate(row):
+                ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=6, color="grey")
+    ax.set_xlabel("model mixed in (j)")
+    ax.set_ylabel("client receiving (i)")
+    ax.set_title(f"mixing weights W, round {rnd}")
+    fig.colorbar(image, ax=ax, label="W[i, j]")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_partition_heatmap(table: dict[str, dict[str, int]], path: Path, max_categories: int = 40) -> None:
     """Rows per client (y) and category (x); categories beyond the ``max_categories`` largest are summed
     into one 'other' column so the picture stays readable."""

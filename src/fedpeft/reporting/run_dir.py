@@ -16,6 +16,7 @@ PARTITION_FILE = "partition.json"
 ADAPTER_DIR = "adapter"
 LOSS_PLOT = "loss.png"
 PARTITION_PLOT = "partition.png"
+MIXING_PLOT = "mixing.png"
 
 
 def new_run_dir(parent: Path, recipe: str) -> Path:

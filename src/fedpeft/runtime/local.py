@@ -6,7 +6,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -38,6 +39,12 @@ def release_freed_memory() -> None:
         trim(0)
 
 
+POOLED = -1
+"""Client id of the centralised baseline's one update (trained on the union of the sampled clients' rows)."""
+POOLED_SEED_KEY = 2**31 - 1
+"""Seed key of the pooled round: distinct from every client id (seed keys must be non-negative)."""
+
+
 class LocalRuntime:
     def __init__(
         self,
@@ -59,22 +66,44 @@ class LocalRuntime:
         on_client_start: Callable[[int, int], None] | None = None,
         on_step: Callable[[int, int], None] | None = None,
         hook_for: Callable[[int], ClientHook | None] | None = None,
+        client_states: Mapping[int, TensorDict] | None = None,
     ) -> list[ClientUpdate]:
-        """Train each sampled client from ``global_state``; batch order and dropout are seeded by
-        (run seed, round, client) so any client round replays identically. ``hook_for(client)`` gives
-        the strategy's change to that client's local training."""
+        """Train each sampled client from ``global_state`` (or, for personalised strategies, from its own
+        entry in ``client_states`` where it has one); batch order and dropout are seeded by (run seed,
+        round, client) so any client round replays identically. ``hook_for(client)`` gives the strategy's
+        change to that client's local training."""
         updates = []
         for cid in client_ids:
             examples = self.client_examples[cid]
             if on_client_start is not None:
                 on_client_start(cid, count_local_steps(len(examples), self.args))
+            start = (client_states or {}).get(cid, global_state)
             rng: np.random.Generator = numpy_rng(self.seed, "train", server_round, cid)
             with torch_rng_scope(self.seed, "train", server_round, cid):
                 hook = hook_for(cid) if hook_for is not None else None
                 updates.append(
-                    train_client_round(
-                        self.model, cid, global_state, examples, self.args, rng, on_step=on_step, hook=hook
-                    )
+                    train_client_round(self.model, cid, start, examples, self.args, rng, on_step=on_step, hook=hook)
                 )
             release_freed_memory()
         return updates
+
+    def train_pooled(
+        self,
+        server_round: int,
+        client_ids: Sequence[int],
+        global_state: TensorDict,
+        on_client_start: Callable[[int, int], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> list[ClientUpdate]:
+        """One update trained on the union of the clients' rows for the sum of their step budgets (the
+        centralised baseline), reported as client ``POOLED``."""
+        pooled = [e for cid in client_ids for e in self.client_examples[cid]]
+        budget = sum(count_local_steps(len(self.client_examples[cid]), self.args) for cid in client_ids)
+        args = replace(self.args, max_steps=budget)
+        if on_client_start is not None:
+            on_client_start(POOLED, budget)
+        rng = numpy_rng(self.seed, "train", server_round, POOLED_SEED_KEY)
+        with torch_rng_scope(self.seed, "train", server_round, POOLED_SEED_KEY):
+            update = train_client_round(self.model, POOLED, global_state, pooled, args, rng, on_step=on_step)
+        release_freed_memory()
+        return [update]

@@ -109,3 +109,33 @@ def krum_scores(states: Sequence[TensorDict], n_byzantine: int) -> torch.Tensor:
     dist = squared_distances(states)
     dist.fill_diagonal_(float("inf"))  # never one's own neighbour
     return dist.sort(dim=1).values[:, :neighbours].sum(1)
+
+
+def mean_cosine_similarity(states: Sequence[TensorDict]) -> torch.Tensor:
+    """(n x n) cosine similarity of the states, tensor by tensor, averaged over tensors (S3's 'dynamic'
+    trust). A zero tensor has similarity 0 to everything."""
+    check_same_layout(states)
+    n = len(states)
+    total = torch.zeros(n, n, dtype=torch.float64)
+    for key in states[0]:
+        flat = stacked(states, key).flatten(1)
+        unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        total += unit @ unit.T
+    return total / len(states[0])
+
+
+def keep_largest(weights: torch.Tensor, k: int) -> torch.Tensor:
+    """``weights`` with all but the ``k`` largest entries of each row set to 0 (ties by position)."""
+    k = min(k, weights.shape[1])
+    keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(1, weights.topk(k, dim=1).indices, True)
+    return torch.where(keep, weights, torch.zeros_like(weights))
+
+
+def drop_below(weights: torch.Tensor, tau: float, keep_at_least: int) -> torch.Tensor:
+    """``weights`` with entries below ``tau`` set to 0, except each row's ``keep_at_least`` largest."""
+    kept = keep_largest(weights, keep_at_least)
+    return torch.where((weights >= tau) | (kept > 0), weights, torch.zeros_like(weights))
+
+
+def normalise_rows(weights: torch.Tensor) -> torch.Tensor:
+    return weights / weights.sum(1, keepdim=True)

@@ -6,6 +6,16 @@ control variates) is an explicit field returned by ``state_dict`` so that checkp
 that changes local training (a proximal term, a gradient correction) returns a :class:`ClientHook` from
 ``client_hook``; the client round applies it without knowing which strategy asked.
 
+Three kinds share the API:
+- global strategies (``aggregate``): one next global state from the updates;
+- personalised strategies (:class:`PersonalisedStrategy`, ``mixing_matrix``): each client keeps its own
+  state and row i of an n x n matrix W mixes the round's updates into client i's next state (FedAvg is W
+  with identical rows; training alone is the identity);
+- ``pools_data`` strategies (the centralised baseline): the run trains one model on the union of the
+  sampled clients' data instead of each client on its own.
+A strategy that needs more than the updates (server data, a model to score states with) gets it once, in
+``bind``, from a :class:`ServerContext`; ``bind`` raises if something it needs is missing, before round 1.
+
 Each strategy has a small frozen ``Settings`` dataclass whose fields carry their help in
 ``metadata["help"]``; ``fl.strategy_args`` in a recipe is checked against it before round 1.
 """
@@ -16,10 +26,34 @@ import dataclasses
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
-from fedpeft.fl.client_round import ClientHook, ClientUpdate
+import torch
+
+from fedpeft.fl.client_round import ClientHook, ClientUpdate, LocalTrainingArgs
 from fedpeft.tensors import TensorDict
+from fedpeft.tensors.batching import TokenizedExample
+
+
+@dataclasses.dataclass
+class ServerContext:
+    """What the run lends a strategy beyond the clients' updates. Built once by the experiment, so strategy
+    code needs no evaluation or data code of its own; every model function takes the trainable state to
+    score (loaded into the one shared model) and leaves the model's state undefined afterwards."""
+
+    model: torch.nn.Module
+    args: LocalTrainingArgs
+    seed: int
+    server_data: Sequence[TokenizedExample]
+    """Public rows the server holds (``data.server_fraction``); may be empty."""
+    client_val: Mapping[int, Sequence[TokenizedExample]]
+    client_categories: Mapping[int, Mapping[str, int]]
+    loss: Callable[[TensorDict, Sequence[TokenizedExample]], float]
+    """Mean evaluation loss (per target token or example) of the model with a state on some examples."""
+    probabilities: Callable[[TensorDict, Sequence[TokenizedExample]], torch.Tensor]
+    """(scored positions x outputs) probabilities: next-token distributions at response tokens, or class
+    probabilities per example."""
+    lora_aggregation: str = "separate"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +69,12 @@ def setting(default: Any, help: str) -> Any:
 class Strategy(ABC):
     name: ClassVar[str]
     Settings: ClassVar[type] = NoSettings
+    personalised: ClassVar[bool] = False
+    """Each client keeps its own state (see :class:`PersonalisedStrategy`)."""
+    pools_data: ClassVar[bool] = False
+    """Train one model on the union of the sampled clients' data (the centralised baseline)."""
+    communicates: ClassVar[bool] = True
+    """False for baselines that exchange nothing (training alone, pooled data): their rounds count 0 bytes."""
 
     def __init__(self, settings: Any = None):
         self.settings = settings if settings is not None else self.Settings()
@@ -47,9 +87,18 @@ class Strategy(ABC):
         """Raise ValueError if rounds of ``n_clients`` updates would make this strategy degenerate."""
         return None
 
+    def bind(self, context: ServerContext) -> None:
+        """Take what the strategy needs from the run; raise ValueError naming the missing setting if it
+        cannot work with this run (called after setup has built the model and data, before round 1)."""
+        return None
+
     def client_hook(self, client_id: int, global_state: TensorDict) -> ClientHook | None:
         """What the client round must add to local training for this strategy (None: nothing)."""
         return None
+
+    def round_figures(self) -> dict[str, float]:
+        """Figures from the last aggregation for the round's log record (e.g. distillation losses)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -57,6 +106,20 @@ class Strategy(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"strategy {self.name!r} keeps no state but the checkpoint has {sorted(state)}")
+
+
+class PersonalisedStrategy(Strategy):
+    """Each client keeps its own state; after a round, client i's state becomes sum_j W[i, j] theta_j over
+    the round's updates (rows of W are normalised by :func:`fedpeft.tensors.aggregate.mix_states`)."""
+
+    personalised = True
+
+    @abstractmethod
+    def mixing_matrix(self, updates: Sequence[ClientUpdate], server_round: int) -> torch.Tensor:
+        """(n x n) non-negative weights for the round's n updates, in their order."""
+
+    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+        raise TypeError(f"strategy {self.name!r} is personalised: it returns a mixing matrix, not one global state")
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -90,8 +153,14 @@ def parse_settings(name: str, settings_cls: type, args: Mapping[str, Any]) -> An
             values[key] = raw
         elif kind is bool and isinstance(raw, bool):
             values[key] = raw
+        elif get_origin(kind) is Literal:
+            if raw not in get_args(kind):
+                choices = ", ".join(map(str, get_args(kind)))
+                raise ValueError(f"fl.strategy_args.{key}={raw!r} is not one of {choices} (strategy {name!r})")
+            values[key] = raw
         else:
-            raise ValueError(f"fl.strategy_args.{key}={raw!r} is not a valid {kind.__name__} (strategy {name!r})")
+            kind_name = getattr(kind, "__name__", str(kind))
+            raise ValueError(f"fl.strategy_args.{key}={raw!r} is not a valid {kind_name} (strategy {name!r})")
     try:
         return settings_cls(**values)
     except ValueError as err:

@@ -1,0 +1,44 @@
+"""The floor and the ceiling of every comparison: each client alone, and one model on all the data.
+
+- ``local``: every client trains only on its own rows from its own state; nothing is exchanged. As a
+  personalised strategy its mixing matrix is the identity, so it runs through the same round loop, the
+  same per-client evaluation and the same checkpoint as the trust strategies.
+- ``centralised``: each round one model trains on the union of the sampled clients' training rows for
+  the sum of their local step budgets (the compute of the federated round, done sequentially on pooled
+  data), starting from the previous round's model. No data stays private, so nothing is counted as sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fedpeft.fl.client_round import ClientUpdate
+from fedpeft.fl.strategies.base import PersonalisedStrategy, Strategy, register_strategy
+from fedpeft.tensors import TensorDict
+
+
+@register_strategy("local")
+class LocalOnly(PersonalisedStrategy):
+    """Each client trains alone on its own rows; nothing is exchanged (the floor)."""
+
+    communicates = False
+
+    def mixing_matrix(self, updates: Sequence[ClientUpdate], server_round: int) -> torch.Tensor:
+        return torch.eye(len(updates), dtype=torch.float64)
+
+
+@register_strategy("centralised")
+class Centralised(Strategy):
+    """One model trained on the pooled data of the sampled clients with their summed step budget (the ceiling)."""
+
+    pools_data = True
+    communicates = False
+
+    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+        if len(updates) != 1:
+            raise ValueError(
+                f"round {server_round}: centralised training returns one pooled update, got {len(updates)}"
+            )
+        return dict(updates[0].state)
