@@ -89,6 +89,42 @@ def run(
 
 
 @app.command()
+def compare(
+    recipe: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")] = "default",
+    strategies: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated entries, each a strategy name with optional settings: "
+            "fedavg,fedprox:mu=0.1,trust:weights=dynamic-ref,local,centralised"
+        ),
+    ] = "fedavg,local,centralised",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key for every entry (repeatable).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Comparison directory (default: a new one under output.dir).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No per-round progress output.")] = True,
+) -> None:
+    """Run several strategies on one recipe (same split, same seed) and write a table and a plot."""
+    from fedpeft.data.partition import PartitionError
+    from fedpeft.data.sources import DataSourceError
+    from fedpeft.experiment.compare import COMPARE_PLOT, COMPARE_TABLE
+    from fedpeft.experiment.compare import compare as run_compare
+    from fedpeft.experiment.run import RunInterrupted
+    from fedpeft.models.base import ModelLoadError
+
+    try:
+        root, _ = run_compare(recipe, strategies, list(set_ or []), out, quiet=quiet, log=typer.echo)
+    except (ConfigError, PartitionError, ModelLoadError, DataSourceError) as err:
+        _fail(str(err))
+    except RunInterrupted as err:
+        _fail(f"{err}; finished entries are in the comparison table", code=130)
+    typer.echo((root / COMPARE_TABLE).read_text(), nl=False)
+    typer.echo(f"table: {root / COMPARE_TABLE}  plot: {root / COMPARE_PLOT}")
+
+
+@app.command()
 def corpus(top: Annotated[int, typer.Option(help="Modules to list.")] = 15) -> None:
     """Size report of the built-in stdlib corpus: functions, splits and the largest modules."""
     from fedpeft.data.stdlib_corpus import corpus_report, corpus_split, load_stdlib_corpus, stdlib_dir

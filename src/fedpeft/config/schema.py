@@ -85,9 +85,10 @@ class DataConfig(Section):
     )
     server_split: Literal["held_out", "shared"] = Field(
         "held_out",
-        description="held_out: the server's rows are taken out of the client pool, so server-side strategies see "
-        "data the clients never do (FedKD's published setting); shared: they are a sample of the clients' own "
-        "training rows, so no strategy sees more data than FedAvg does (the fair setting).",
+        description="held_out: the server's rows are rows no client holds (beyond data.max_rows when there are "
+        "enough, so the clients' split is unchanged; else taken out of the client pool), so server-side strategies "
+        "see extra data (FedKD's published setting); shared: they are a sample of the clients' own training rows, "
+        "so no strategy sees more data than FedAvg does (the fair setting).",
     )
 
 

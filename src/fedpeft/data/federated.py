@@ -88,8 +88,9 @@ def build_federated_data(
     """Global test rows come from the corpus 'test' split (never seen in pretraining); client rows from
     'train'. ``max_rows`` caps the client pool; ``test_size`` the test rows. For retrieval tasks,
     ``retrieval_candidates`` sizes the pool each test query is ranked in (see :func:`retrieval_distractors`).
-    ``server_fraction`` of the pool goes to the server: taken out of it (``held_out``) or sampled from the
-    clients' training rows (``shared``)."""
+    ``server_fraction`` (of the client pool's size) goes to the server: rows no client holds (``held_out``:
+    beyond ``max_rows`` where there are enough, else taken out of the pool) or a sample of the clients'
+    training rows (``shared``)."""
     if server_split not in ("held_out", "shared"):
         raise ValueError(f"unknown data.server_split {server_split!r}; valid: held_out, shared")
     rows = load_rows(source, modules, task, template, schema)
@@ -113,9 +114,16 @@ def build_federated_data(
             f"data.server_fraction={server_fraction} of {len(pool)} training rows is no row; raise it or add rows"
         )
     server: list[TokenizedExample] = []
+    spare_used = 0
     if server_split == "held_out" and n_server:
-        # The pool is already in seeded random order: its head is a random sample.
-        server, pool = pool[:n_server], pool[n_server:]
+        # Rows beyond data.max_rows first, so the clients keep exactly the rows they would have without a
+        # server; otherwise the head of the (seeded, shuffled) pool.
+        spare_rows = pool_rows[len(client_rows) : len(client_rows) + 2 * n_server]
+        spare = tokenize_task_rows(spare_rows, tokenizer, max_length)[0] if spare_rows else []
+        if len(spare) >= n_server:
+            server, spare_used = spare[:n_server], len(spare_rows)
+        else:
+            server, pool = pool[:n_server], pool[n_server:]
     if n_clients > len(pool):
         raise PartitionError(
             f"fl.clients={n_clients} is more than the {len(pool)} training rows (after dropping {dropped} rows "
@@ -155,7 +163,7 @@ def build_federated_data(
     }
     distractors = []
     if TASK_HEADS.get(task) == "embedding":
-        spare = [r for r in rows if r.split == "valid"] + pool_rows[len(client_rows) :]
+        spare = [r for r in rows if r.split == "valid"] + pool_rows[len(client_rows) + spare_used :]
         distractors = retrieval_distractors(unused_test, spare, tokenizer, max_length, retrieval_candidates - len(test))
         report["retrieval_candidates"] = len(test) + len(distractors)
     return FederatedData(test=test, clients=clients, report=report, distractors=distractors, server=server)

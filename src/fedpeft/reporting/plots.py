@@ -29,6 +29,25 @@ def plot_losses(rounds: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_comparison(curves: dict[str, list[tuple[int, float]]], metric: str, path: Path) -> None:
+    """One line per strategy: the test metric after each round (round 0: before training)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in curves.items():
+        ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_mixing_matrix(weights: list[list[float]], clients: list[int], rnd: int, path: Path) -> None:
     """A personalised round's mixing matrix W: row i is what client i's next model takes from each client."""
     import matplotlib

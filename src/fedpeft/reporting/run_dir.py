@@ -37,6 +37,10 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
 class MetricsLog:
     """Append-only JSON Lines, flushed per record. Records carry ``round``; on resume, records of rounds
     after the last checkpoint (an interrupted round) are dropped so the log matches the state."""
