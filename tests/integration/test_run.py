@@ -156,7 +156,7 @@ def test_bad_input_fails_before_training(micro_config, tmp_path):
 def test_cli_reports_errors_without_a_traceback(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["run", "nope"])
-    assert result.exit_code == 2 and "unknown recipe 'nope'; valid recipes: default" in result.output
+    assert result.exit_code == 2 and "unknown recipe 'nope'; valid recipes: default, modules" in result.output
     result = runner.invoke(app, ["run", "--set", "fl.fraction=2"])
     assert result.exit_code == 2 and "fl.fraction: must be in (0, 1]" in result.output
     result = runner.invoke(app, ["run", "--resume", str(tmp_path / "missing")])

@@ -66,14 +66,16 @@ def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_clients_to_the_global_state
     assert drift(20.0) < 0.7 * drift(0.0)
 
 
-@pytest.mark.parametrize(("strategy", "mode"), [("fedadam", "product"), ("fedavgm", "separate")])
-def test_interrupted_run_with_server_state_resumes_exactly(micro_config, monkeypatch, strategy, mode):
-    config = micro_config(
-        "fl.rounds=3",
-        f"fl.strategy={strategy}",
-        f"fl.lora_aggregation={mode}",
-        "fl.strategy_args.momentum=0.5" if strategy == "fedavgm" else "fl.strategy_args.eta=0.003",
-    )
+@pytest.mark.parametrize(
+    ("strategy", "mode", "setting"),
+    [
+        ("fedadam", "product", "fl.strategy_args.eta=0.003"),
+        ("fedavgm", "separate", "fl.strategy_args.momentum=0.5"),
+        ("scaffold", "separate", "fl.strategy_args.server_lr=1.0"),
+    ],
+)
+def test_interrupted_run_with_server_state_resumes_exactly(micro_config, monkeypatch, strategy, mode, setting):
+    config = micro_config("fl.rounds=3", f"fl.strategy={strategy}", f"fl.lora_aggregation={mode}", setting)
     full_dir, _ = run_experiment(config, quiet=True)
     original = run_module.aggregate_round
 
@@ -105,3 +107,15 @@ def test_strategy_problems_are_config_errors_before_any_run_directory(micro_conf
         with pytest.raises(ConfigError, match=message):
             run_experiment(micro_config(*overrides), quiet=True)
     assert not (tmp_path / "runs").exists()
+
+
+def test_scaffold_sends_its_control_variates_and_corrects_later_rounds(micro_config):
+    fedavg_dir, fedavg = run_experiment(micro_config("fl.strategy=fedavg"), quiet=True)
+    scaffold_dir, scaffold = run_experiment(micro_config("fl.strategy=scaffold"), quiet=True)
+    assert scaffold["bytes_up"] == 2 * fedavg["bytes_up"] and scaffold["bytes_down"] == 2 * fedavg["bytes_down"]
+    losses = [
+        [json.loads(x)["train_loss"] for x in (d / "metrics.jsonl").read_text().splitlines() if '"client"' in x]
+        for d in (fedavg_dir, scaffold_dir)
+    ]
+    # Round 1 has no variates yet (identical client rounds); round 2's clients are corrected.
+    assert losses[0][:2] == losses[1][:2] and losses[0][2:] != losses[1][2:]

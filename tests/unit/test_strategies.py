@@ -178,3 +178,60 @@ def test_proximal_term_adds_mu_times_the_distance_to_the_global_state():
     ProximalTerm(0.1, {"p": torch.tensor([0.0, 1.0]), "q": torch.tensor([1.0])}).correct_gradients({"p": p, "q": fresh})
     torch.testing.assert_close(p.grad, torch.tensor([0.5 + 0.1 * 1.0, 0.5 + 0.1 * -3.0]))
     torch.testing.assert_close(fresh.grad, torch.tensor([0.2]))
+
+
+def scaffold_context(n_clients: int, lr: float = 0.1, schedule: str = "constant"):
+    from fedpeft.fl.client_round import LocalTrainingArgs
+    from fedpeft.fl.strategies import ServerContext
+
+    args = LocalTrainingArgs(
+        epochs=None, max_steps=4, batch_size=1, micro_batch_size=1, lr=lr, schedule=schedule,
+        warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=None, mask_prompt=True, pad_id=0,
+    )  # fmt: skip
+    return ServerContext(
+        model=None, args=args, seed=0, server_data=[], client_val={i: [] for i in range(n_clients)},
+        client_categories={}, loss=None, probabilities=None,
+    )  # fmt: skip
+
+
+def test_scaffold_control_variates_by_hand():
+    x = random_states(1, 7)[0]
+    ys = random_states(3, 8)
+    strategy = build_strategy("scaffold")
+    strategy.bind(scaffold_context(n_clients=6, lr=0.1))
+    updates = [ClientUpdate(i, y, n, 4, 0.0, 0.0) for i, (y, n) in enumerate(zip(ys, [1, 2, 5], strict=True))]
+    # Round 1: no variates yet, so the hook changes nothing and the server step is FedAvg's mean.
+    hook = strategy.client_hook(0, x)
+    assert all(float(v.abs().max()) == 0.0 for v in hook.correction.values())
+    new_x = strategy.aggregate(x, updates, 1)
+    for k in x:
+        expected_mean = (1 * ys[0][k] + 2 * ys[1][k] + 5 * ys[2][k]) / 8
+        torch.testing.assert_close(new_x[k], expected_mean, rtol=1e-6, atol=1e-6)
+    # Option II with a constant LR of 0.1 over 4 steps: c_i = (x - y_i) / 0.4; c = (3 / 6) * mean_i c_i.
+    for i, y in enumerate(ys):
+        for k in x:
+            torch.testing.assert_close(strategy.c_clients[i][k], (x[k].double() - y[k].double()) / 0.4)
+    for k in x:
+        mean_ci = sum((x[k].double() - y[k].double()) / 0.4 for y in ys) / 3
+        torch.testing.assert_close(strategy.c[k], 0.5 * mean_ci)
+    # Round 2: client 1's gradients are shifted by c - c_1; a new client 4 by c - 0.
+    params = {k: torch.nn.Parameter(torch.zeros(v.shape)) for k, v in x.items()}
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    strategy.client_hook(1, new_x).correct_gradients(params)
+    for k, p in params.items():
+        torch.testing.assert_close(p.grad.double(), 1 + strategy.c[k] - strategy.c_clients[1][k], rtol=1e-6, atol=1e-6)
+    fresh = strategy.client_hook(4, new_x).correction
+    assert all(torch.allclose(fresh[k].double(), strategy.c[k], atol=1e-6) for k in x)
+    # The variates survive a checkpoint round trip.
+    again = build_strategy("scaffold")
+    again.load_state_dict(strategy.state_dict())
+    assert again.c_clients.keys() == strategy.c_clients.keys()
+    assert all(torch.equal(again.c[k], strategy.c[k]) for k in x)
+
+
+def test_scaffold_summed_learning_rate_follows_the_schedule():
+    strategy = build_strategy("scaffold")
+    strategy.bind(scaffold_context(n_clients=2, lr=0.2, schedule="linear"))
+    # 4 linear-decay steps without warm-up: factors 1, 3/4, 1/2, 1/4.
+    assert strategy._summed_lr(4) == pytest.approx(0.2 * (1 + 0.75 + 0.5 + 0.25))

@@ -319,7 +319,8 @@ def _should_evaluate(config: RunConfig, rnd: int) -> bool:
     return rnd == config.fl.rounds or (every > 0 and rnd % every == 0)
 
 
-def _client_record(rnd: int, u: ClientUpdate, bytes_down: int) -> dict[str, Any]:
+def _client_record(rnd: int, u: ClientUpdate, bytes_down: int, extra: int = 0) -> dict[str, Any]:
+    """A client's line in the log; ``extra`` bytes travel each way besides the state (control variates)."""
     return {
         "type": "client",
         "round": rnd,
@@ -327,8 +328,8 @@ def _client_record(rnd: int, u: ClientUpdate, bytes_down: int) -> dict[str, Any]
         "examples": u.num_examples,
         "steps": u.num_steps,
         "train_loss": u.train_loss,
-        "bytes_up": payload_bytes(u.state),
-        "bytes_down": bytes_down,
+        "bytes_up": payload_bytes(u.state) + extra,
+        "bytes_down": bytes_down + extra,
         "seconds": round(u.seconds, 4),
     }
 
@@ -382,7 +383,8 @@ def fit(state: RunState, progress: RunProgress) -> None:
         # ---- evaluate ----
         test, per_client, client_test = evaluate_global(state) if _should_evaluate(cfg, rnd) else (None, {}, {})
         # ---- record and checkpoint: the round counts as done only once its checkpoint is in place ----
-        records = [_client_record(rnd, u, payload_bytes(sent.get(u.client_id, {}))) for u in updates]
+        extra = strategy.extra_payload_bytes(state.global_state)
+        records = [_client_record(rnd, u, payload_bytes(sent.get(u.client_id, {})), extra) for u in updates]
         if not strategy.communicates:
             records = [r | {"bytes_up": 0, "bytes_down": 0} for r in records]
         for r in records:

@@ -10,6 +10,7 @@ from fedpeft.fl.strategies import (  # noqa: F401  (each module registers its st
     fedprox,
     fedyogi,
     robust,
+    scaffold,
     trust,
 )
 from fedpeft.fl.strategies.base import (

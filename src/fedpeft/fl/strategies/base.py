@@ -96,6 +96,10 @@ class Strategy(ABC):
         """What the client round must add to local training for this strategy (None: nothing)."""
         return None
 
+    def extra_payload_bytes(self, global_state: TensorDict) -> int:
+        """Bytes a client exchanges per direction besides its trainable state (e.g. control variates)."""
+        return 0
+
     def round_figures(self) -> dict[str, float]:
         """Figures from the last aggregation for the round's log record (e.g. distillation losses)."""
         return {}
