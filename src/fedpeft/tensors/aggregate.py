@@ -127,7 +127,9 @@ def mean_cosine_similarity(states: Sequence[TensorDict]) -> torch.Tensor:
 def keep_largest(weights: torch.Tensor, k: int) -> torch.Tensor:
     """``weights`` with all but the ``k`` largest entries of each row set to 0 (ties by position)."""
     k = min(k, weights.shape[1])
-    keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(1, weights.topk(k, dim=1).indices, True)
+    # A stable sort, not topk: ties go to the earlier position on every device.
+    largest = weights.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(1, largest, True)
     return torch.where(keep, weights, torch.zeros_like(weights))
 
 

@@ -11,8 +11,9 @@ How W is built (``weights``):
   distributions on a shared reference set (the server's public rows), compared on the ``top_tokens``
   outputs that the models jointly rate highest at each position. S3 compared raw top-100 logits; a
   softmax is invariant to a logit offset the raw L1 would count, so probabilities are compared here.
-Selection (``select``): ``all``; ``thresh`` drops weights below ``tau`` (each row keeps its two largest,
-itself and its most trusted peer at least); ``top-k`` keeps each row's ``top_k`` largest. Rows are then
+Selection (``select``): ``all``; ``thresh`` drops weights below ``tau`` but each row keeps its two largest
+(S3's rule; with ``static`` or ``dynamic-ref`` weights those need not include the client itself);
+``top-k`` keeps each row's ``top_k`` largest. Rows are then
 normalised. The first ``warmup_rounds`` rounds train locally only (W = identity).
 """
 
