@@ -24,6 +24,11 @@ class PeftConfig(Section):
     target_modules: list[str] | Literal["auto"] = Field(
         "auto", description="Module names to adapt, or 'auto' for the architecture's attention projections."
     )
+    client_ranks: list[int] | None = Field(
+        None,
+        description="LoRA rank of each client (client c trains rank client_ranks[c % len]) inside the global "
+        "adapter of rank peft.r; null: every client uses peft.r.",
+    )
 
     @field_validator("r")
     @classmethod
@@ -31,6 +36,16 @@ class PeftConfig(Section):
         if v <= 0:
             raise ValueError(f"must be a positive integer, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _client_ranks(self) -> PeftConfig:
+        ranks = self.client_ranks
+        if ranks is not None and (not ranks or any(not 0 < r <= self.r for r in ranks)):
+            raise ValueError(
+                f"peft.client_ranks={ranks} must be a non-empty list of ranks in 1..peft.r={self.r} "
+                "(peft.r is the global adapter's rank)"
+            )
+        return self
 
 
 class DataConfig(Section):
@@ -100,10 +115,11 @@ class FLConfig(Section):
     strategy_args: dict[str, Any] = Field(
         default_factory=dict, description="Settings of the strategy, e.g. {mu: 0.01} for fedprox."
     )
-    lora_aggregation: Literal["separate", "product"] = Field(
+    lora_aggregation: Literal["separate", "product", "stack"] = Field(
         "separate",
-        description="How LoRA pairs are aggregated: separate (A and B each by the strategy, FedIT) or product "
-        "(the strategy acts on dW = B A, re-factored to rank r by truncated SVD; residual logged).",
+        description="How LoRA pairs are aggregated: separate (A and B each by the strategy, FedIT), product "
+        "(the strategy acts on dW = B A, re-factored to rank r by truncated SVD; residual logged) or stack "
+        "(FLoRA: the clients' pairs concatenated, exact, merged into the base each round; fedavg and fedprox).",
     )
     seed: int = Field(0, description="Seeds the data split, client sampling, init and training.")
 

@@ -39,11 +39,18 @@ from fedpeft.evaluation.metrics import (
 )
 from fedpeft.experiment.progress import RunProgress
 from fedpeft.fl.client_round import RETRIEVAL_TEMPERATURE, ClientUpdate, LocalTrainingArgs
-from fedpeft.fl.lora_aggregation import aggregate_personalised_round, aggregate_round, check_lora_aggregation
+from fedpeft.fl.lora_aggregation import (
+    aggregate_personalised_round,
+    aggregate_round,
+    check_lora_aggregation,
+    check_stackable,
+    stack_round,
+)
+from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.sampling import clients_per_round, sample_clients
 from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
 from fedpeft.models.base import load_base_model
-from fedpeft.models.peft_methods import apply_lora
+from fedpeft.models.peft_methods import apply_lora, lora_layer_name, lora_scaling, merge_into_base, reset_lora
 from fedpeft.models.state import get_trainable_state, set_trainable_state
 from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
@@ -93,6 +100,8 @@ class RunState:
     """The global model; for a personalised strategy, the start of every client that has not trained yet."""
     client_states: dict[int, TensorDict] = field(default_factory=dict)
     """Personalised strategies: each client's own state once it has trained."""
+    merged: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    """``lora_aggregation=stack``: per round, the stacked (B, A) per LoRA pair merged into the base."""
     completed_round: int = 0
 
     @property
@@ -185,6 +194,8 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     model.eval()
     with _as_config_error():
         check_lora_aggregation(config.fl.lora_aggregation, get_trainable_state(model))
+        if config.fl.lora_aggregation == "stack":
+            check_stackable(strategy)
     args = LocalTrainingArgs(
         epochs=config.train.epochs,
         max_steps=config.train.max_steps,
@@ -199,7 +210,8 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         pad_id=tokenizer.pad_token_id,
         head=head,
     )
-    runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed)
+    ranks = ClientRanks.build(config.peft.r, config.peft.client_ranks)
+    runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed, ranks)
     # A strategy that needs server data, validation rows or categories says so now, before round 1.
     with _as_config_error():
         strategy.bind(server_context(config, model, tokenizer, data, args))
@@ -257,6 +269,7 @@ def server_context(config: RunConfig, model, tokenizer, data: FederatedData, arg
         loss=loss,
         probabilities=probabilities,
         lora_aggregation=config.fl.lora_aggregation,
+        heterogeneous_ranks=ClientRanks.build(config.peft.r, config.peft.client_ranks) is not None,
     )
 
 
@@ -319,6 +332,11 @@ def _should_evaluate(config: RunConfig, rnd: int) -> bool:
     return rnd == config.fl.rounds or (every > 0 and rnd % every == 0)
 
 
+def _wire_bytes(ranks: ClientRanks | None, client_id: int, trainable: TensorDict) -> int:
+    """Bytes of a state on the wire to or from a client: at its own LoRA rank when ranks differ."""
+    return ranks.wire_bytes(trainable, client_id) if ranks else payload_bytes(trainable)
+
+
 def _client_record(rnd: int, u: ClientUpdate, bytes_down: int, extra: int = 0) -> dict[str, Any]:
     """A client's line in the log; ``extra`` bytes travel each way besides the state (control variates)."""
     return {
@@ -348,9 +366,67 @@ def _train(state: RunState, rnd: int, client_ids: list[int], progress: RunProgre
         current,
         on_client_start=progress.start_client,
         on_step=progress.client_step,
-        hook_for=lambda cid: strategy.client_hook(cid, state.client_states.get(cid, current)),
+        hook_for=strategy.client_hook,
         client_states=state.client_states if strategy.personalised else None,
     )
+
+
+def merge_stacked_round(
+    state: RunState, rnd: int, stacked: dict[str, tuple[torch.Tensor, torch.Tensor]], rest: TensorDict
+) -> TensorDict:
+    """Merge a round's stacked pairs into the frozen base and return the next global state: a fresh LoRA
+    adapter (seeded by the round) plus the strategy's aggregate of the other trainable tensors."""
+    scale = lora_scaling(state.model)
+    for a_key, (b, a) in stacked.items():
+        merge_into_base(state.model, lora_layer_name(a_key), scale * (b @ a))
+    state.merged[rnd] = stacked
+    with torch_rng_scope(state.config.fl.seed, "init", rnd):
+        reset_lora(state.model)
+    return get_trainable_state(state.model) | {k: v.clone() for k, v in rest.items()}
+
+
+def save_stacked_adapter(state: RunState, where: Path) -> None:
+    """Rewrite the adapter in ``where`` as one LoRA adapter holding every merged round: per pair the
+    concatenation of all stacked pairs, rank R_total, with lora_alpha = scaling x R_total so that peft's
+    alpha / r scaling is the run's. Loaded on the original base it gives the run's merged model."""
+    import json
+
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    scale = lora_scaling(state.model)
+    rounds = list(state.merged.values())
+    tensors = dict(state.global_state)
+    for a_key in rounds[0]:
+        b_key = a_key.replace(".lora_A.", ".lora_B.")
+        dtype = state.global_state[a_key].dtype
+        tensors[b_key] = torch.cat([r[a_key][0] for r in rounds], dim=1).to(dtype)
+        tensors[a_key] = torch.cat([r[a_key][1] for r in rounds], dim=0).to(dtype)
+    total_rank = next(iter(tensors[k] for k in rounds[0])).shape[0]
+    saved = get_peft_model_state_dict(state.model, state_dict=tensors)
+    save_file({k: v.contiguous() for k, v in saved.items()}, str(where / "adapter_model.safetensors"))
+    config_path = where / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(r=total_rank, lora_alpha=scale * total_rank)
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def flatten_merged(merged: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> TensorDict:
+    return {
+        f"{rnd}/{key}/{part}": t
+        for rnd, pairs in merged.items()
+        for key, ba in pairs.items()
+        for part, t in zip("BA", ba, strict=True)
+    }
+
+
+def unflatten_merged(flat: TensorDict) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    parts: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
+    for name, tensor in flat.items():
+        rnd, rest = name.split("/", 1)
+        key, part = rest.rsplit("/", 1)
+        parts.setdefault(int(rnd), {}).setdefault(key, {})[part] = tensor
+    return {rnd: {k: (p["B"], p["A"]) for k, p in pairs.items()} for rnd, pairs in sorted(parts.items())}
 
 
 def fit(state: RunState, progress: RunProgress) -> None:
@@ -376,6 +452,9 @@ def fit(state: RunState, progress: RunProgress) -> None:
         if strategy.personalised:
             mixed, mixing, aggregation = aggregate_personalised_round(strategy, cfg.fl.lora_aggregation, updates, rnd)
             state.client_states |= {u.client_id: m for u, m in zip(updates, mixed, strict=True)}
+        elif cfg.fl.lora_aggregation == "stack":
+            stacked, rest, aggregation = stack_round(strategy, state.global_state, updates, rnd, state.runtime.ranks)
+            state.global_state = merge_stacked_round(state, rnd, stacked, rest)
         else:
             state.global_state, aggregation = aggregate_round(
                 strategy, cfg.fl.lora_aggregation, state.global_state, updates, rnd
@@ -384,7 +463,16 @@ def fit(state: RunState, progress: RunProgress) -> None:
         test, per_client, client_test = evaluate_global(state) if _should_evaluate(cfg, rnd) else (None, {}, {})
         # ---- record and checkpoint: the round counts as done only once its checkpoint is in place ----
         extra = strategy.extra_payload_bytes(state.global_state)
-        records = [_client_record(rnd, u, payload_bytes(sent.get(u.client_id, {})), extra) for u in updates]
+        # Stacking: every client also downloads the previous round's stacked pairs to merge into its base.
+        merged_before = state.merged.get(rnd - 1, {})
+        item = next(iter(state.global_state.values())).element_size()  # sent at the adapter's dtype
+        stack_down = item * sum(b.numel() + a.numel() for b, a in merged_before.values())
+        ranks = state.runtime.ranks
+        records = [
+            _client_record(rnd, u, _wire_bytes(ranks, u.client_id, sent.get(u.client_id, {})) + stack_down, extra)
+            | {"bytes_up": _wire_bytes(ranks, u.client_id, u.state) + extra}
+            for u in updates
+        ]
         if not strategy.communicates:
             records = [r | {"bytes_up": 0, "bytes_down": 0} for r in records]
         for r in records:
@@ -418,6 +506,7 @@ def fit(state: RunState, progress: RunProgress) -> None:
                 strategy_state=strategy.state_dict(),
                 extra={"rng": "derived from fl.seed per (purpose, round, client); no state to restore"},
                 client_states=state.client_states,
+                merged=flatten_merged(state.merged),
             ),
             keep=cfg.output.keep_checkpoints,
         )
@@ -442,6 +531,8 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
             set_trainable_state(state.model, trainable)
             state.model.save_pretrained(run_dir / where)
             state.tokenizer.save_pretrained(run_dir / where)
+        if state.merged:
+            save_stacked_adapter(state, run_dir / rd.ADAPTER_DIR)
     if rounds:
         plot_losses(rounds, run_dir / rd.LOSS_PLOT)
     mixed = [r for r in rounds if r.get("mixing")]
@@ -494,6 +585,13 @@ def _restore(state: RunState) -> None:
         state.global_state = ckpt.global_state
         state.client_states = ckpt.client_states
         state.strategy.load_state_dict(ckpt.strategy_state)
+        # Stacked rounds are re-merged into the fresh base in round order: the same additions, in the
+        # same order, as the uninterrupted run made.
+        scale = lora_scaling(state.model)
+        state.merged = unflatten_merged(ckpt.merged)
+        for pairs in state.merged.values():
+            for a_key, (b, a) in pairs.items():
+                merge_into_base(state.model, lora_layer_name(a_key), scale * (b @ a))
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:

@@ -7,7 +7,14 @@ cancels), then re-factors the result to the adapter's rank r by truncated SVD: B
 A keeps orthonormal rows, so a zero product (round 0) still leaves B a gradient. The relative Frobenius
 residual ||dW - B A|| / ||dW|| of the truncation is returned per pair for the log.
 
-Tensors that are not LoRA pairs (classification heads, DoRA magnitudes) pass through unchanged.
+``stack`` (FLoRA, Wang et al., 2024) is exact: the clients' pairs are concatenated, B_s = [w_1 B_1, ..., w_n B_n]
+and A_s = [A_1; ...; A_n] with FedAvg's example weights w, so B_s A_s = sum_i w_i B_i A_i whatever the
+clients' ranks; the rank grows with every round, so the run merges B_s A_s into the frozen base and starts
+the next round from a fresh adapter (see ``experiment.run``). Only strategies whose aggregate is that
+weighted mean can stack (``Strategy.stackable``).
+
+Tensors that are not LoRA pairs (classification heads, DoRA magnitudes) are aggregated by the strategy
+as they are.
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ from dataclasses import replace
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate
+from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.strategies.base import PersonalisedStrategy, Strategy
 from fedpeft.tensors import TensorDict
 from fedpeft.tensors.aggregate import mix_states
 
-LORA_AGGREGATION_MODES = ("separate", "product")
+LORA_AGGREGATION_MODES = ("separate", "product", "stack")
 _A, _B, _PRODUCT = ".lora_A.", ".lora_B.", ".lora_BA."
 
 
@@ -69,8 +77,48 @@ def from_product_space(product_state: TensorDict, like: TensorDict) -> tuple[Ten
 def check_lora_aggregation(mode: str, state: TensorDict) -> None:
     if mode not in LORA_AGGREGATION_MODES:
         raise ValueError(f"unknown fl.lora_aggregation {mode!r}; valid: {', '.join(LORA_AGGREGATION_MODES)}")
-    if mode == "product" and not lora_pairs(state):
-        raise ValueError("fl.lora_aggregation=product needs LoRA adapters, but the trainable state has no LoRA pairs")
+    if mode in ("product", "stack") and not lora_pairs(state):
+        raise ValueError(f"fl.lora_aggregation={mode} needs LoRA adapters, but the trainable state has no LoRA pairs")
+
+
+def check_stackable(strategy: Strategy) -> None:
+    if not strategy.stackable:
+        raise ValueError(
+            f"fl.lora_aggregation=stack concatenates the clients' adapters with FedAvg's example weights; strategy "
+            f"{strategy.name!r} does not aggregate by that weighted mean (stackable: fedavg, fedprox)"
+        )
+
+
+def stack_round(
+    strategy: Strategy,
+    global_state: TensorDict,
+    updates: Sequence[ClientUpdate],
+    server_round: int,
+    ranks: ClientRanks | None = None,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], TensorDict, dict[str, float]]:
+    """(A key -> (B_s, A_s) stacked over the clients at each one's rank, the other trainable tensors as the
+    strategy aggregates them, figures). Products are at the adapter's global scaling."""
+    check_stackable(strategy)
+    if not updates:
+        raise ValueError(f"round {server_round}: no client updates to stack")
+    total = float(sum(u.num_examples for u in updates))
+    pairs = lora_pairs(global_state)
+    stacked = {}
+    for a_key, b_key in pairs.values():
+        bs, as_ = [], []
+        for u in updates:
+            r = ranks.rank_of(u.client_id) if ranks else u.state[a_key].shape[0]
+            bs.append(u.state[b_key][:, :r].to(torch.float64) * (u.num_examples / total))
+            as_.append(u.state[a_key][:r].to(torch.float64))
+        stacked[a_key] = (torch.cat(bs, dim=1), torch.cat(as_, dim=0))
+    paired = {k for ab in pairs.values() for k in ab}
+    rest_global = {k: v for k, v in global_state.items() if k not in paired}
+    rest = {}
+    if rest_global:
+        rest_updates = [replace(u, state={k: u.state[k] for k in rest_global}) for u in updates]
+        rest = strategy.aggregate(rest_global, rest_updates, server_round)
+    rank = next(iter(stacked.values()))[1].shape[0] if stacked else 0
+    return stacked, rest, {"stacked_rank": rank} | strategy.round_figures()
 
 
 def aggregate_round(

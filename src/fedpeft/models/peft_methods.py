@@ -3,6 +3,9 @@ or its own module, selected by ``peft.method``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 PEFT_METHODS = ("lora",)
@@ -69,3 +72,66 @@ def apply_lora(
         task_type=PEFT_TASK_TYPES[head],
     )
     return get_peft_model(model, config)
+
+
+# ---- LoRA layers in place: per-client scaling, merging stacked updates into the base, re-initialising ----
+
+_LORA_A, _LORA_B = ".lora_A.", ".lora_B."
+
+
+def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Module name -> every peft LoRA layer of ``model`` (modules holding ``lora_A``)."""
+    return {name: m for name, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "scaling")}
+
+
+def lora_layer_name(state_key: str) -> str:
+    """The module name a LoRA state key (``...q_proj.lora_A.default.weight``) belongs to."""
+    marker = _LORA_A if _LORA_A in state_key else _LORA_B
+    return state_key.split(marker)[0]
+
+
+@contextmanager
+def scaled_lora(model: torch.nn.Module, factor: float) -> Iterator[None]:
+    """Multiply every LoRA layer's scaling (alpha / r) by ``factor`` for the block: a client training a
+    rank-r_i adapter inside the global rank-R layer uses alpha / r_i, i.e. factor R / r_i."""
+    if factor == 1.0:
+        yield
+        return
+    layers = lora_layers(model).values()
+    saved = [dict(layer.scaling) for layer in layers]
+    for layer in layers:
+        for adapter in layer.scaling:
+            layer.scaling[adapter] *= factor
+    try:
+        yield
+    finally:
+        for layer, scaling in zip(layers, saved, strict=True):
+            layer.scaling.clear()
+            layer.scaling.update(scaling)
+
+
+def lora_scaling(model: torch.nn.Module) -> float:
+    """The scaling alpha / r shared by the model's LoRA layers."""
+    values = {s for layer in lora_layers(model).values() for s in layer.scaling.values()}
+    if len(values) != 1:
+        raise ValueError(f"LoRA layers disagree on their scaling: {sorted(values)}")
+    return values.pop()
+
+
+@torch.no_grad()
+def merge_into_base(model: torch.nn.Module, layer_name: str, delta: torch.Tensor) -> None:
+    """Add ``delta`` (out x in, already scaled) to the frozen base weight under a LoRA layer."""
+    layer = model.get_submodule(layer_name)
+    weight = layer.get_base_layer().weight
+    if getattr(layer, "fan_in_fan_out", False):  # GPT-2's Conv1D stores (in, out)
+        delta = delta.T
+    if delta.shape != weight.shape:
+        raise ValueError(f"{layer_name}: a delta of shape {tuple(delta.shape)} does not fit {tuple(weight.shape)}")
+    weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
+
+
+def reset_lora(model: torch.nn.Module) -> None:
+    """Re-initialise every LoRA pair as peft does for a new adapter (A random, B zero); seed it outside."""
+    for layer in lora_layers(model).values():
+        for adapter in list(layer.lora_A):
+            layer.reset_lora_parameters(adapter, True)

@@ -2,7 +2,8 @@
 
 ``checkpoints/round-NNNN/`` holds ``global.safetensors`` (the global trainable state),
 ``strategy.safetensors`` (tensor-valued strategy state, if any), ``clients.safetensors`` (personalised
-strategies: each client's own state, keys ``<client>/<tensor>``) and ``state.json`` (round, non-tensor
+strategies: each client's own state, keys ``<client>/<tensor>``), ``merged.safetensors`` (stacked LoRA
+aggregation: every round's stacked pairs, keys ``<round>/<A key>/B|A``) and ``state.json`` (round, non-tensor
 strategy state, RNG scheme). A checkpoint is written to a temporary directory and renamed into place,
 so an interrupted write never leaves a partial checkpoint that resume would trust.
 """
@@ -32,6 +33,8 @@ class Checkpoint:
     strategy_state: dict[str, Any]
     extra: dict[str, Any]
     client_states: dict[int, TensorDict] = field(default_factory=dict)
+    merged: TensorDict = field(default_factory=dict)
+    """``lora_aggregation=stack``: every round's stacked LoRA pairs merged into the base so far."""
 
 
 def _split_tensors(state: dict[str, Any]) -> tuple[TensorDict, dict[str, Any]]:
@@ -52,6 +55,8 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int) -> Path:
     if ckpt.client_states:
         flat = {f"{cid}/{k}": v.contiguous() for cid, state in ckpt.client_states.items() for k, v in state.items()}
         save_file(flat, str(tmp / "clients.safetensors"))
+    if ckpt.merged:
+        save_file({k: v.contiguous() for k, v in ckpt.merged.items()}, str(tmp / "merged.safetensors"))
     meta = {"format": FORMAT_VERSION, "round": ckpt.round, "strategy": strategy_rest, **ckpt.extra}
     (tmp / "state.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(final, ignore_errors=True)
@@ -81,6 +86,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         for key, tensor in load_file(str(path / "clients.safetensors")).items():
             cid, name = key.split("/", 1)
             clients.setdefault(int(cid), {})[name] = tensor
+    merged = load_file(str(path / "merged.safetensors")) if (path / "merged.safetensors").exists() else {}
     rnd = meta.pop("round")
     meta.pop("format")
     return Checkpoint(
@@ -89,4 +95,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         strategy_state=strategy,
         extra=meta,
         client_states=clients,
+        merged=merged,
     )

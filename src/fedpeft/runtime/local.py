@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, LocalTrainingArgs, count_local_steps, train_client_round
+from fedpeft.fl.lora_ranks import ClientRanks
+from fedpeft.models.peft_methods import scaled_lora
 from fedpeft.seeding import numpy_rng, torch_rng_scope
 from fedpeft.tensors import TensorDict
 from fedpeft.tensors.batching import TokenizedExample
@@ -52,11 +54,14 @@ class LocalRuntime:
         client_examples: Sequence[Sequence[TokenizedExample]],
         args: LocalTrainingArgs,
         seed: int,
+        ranks: ClientRanks | None = None,
     ):
         self.model = model
         self.client_examples = client_examples
         self.args = args
         self.seed = seed
+        self.ranks = ranks
+        """Clients of different LoRA ranks (``peft.client_ranks``); None: all at the global rank."""
 
     def train_round(
         self,
@@ -65,25 +70,29 @@ class LocalRuntime:
         global_state: TensorDict,
         on_client_start: Callable[[int, int], None] | None = None,
         on_step: Callable[[int, int], None] | None = None,
-        hook_for: Callable[[int], ClientHook | None] | None = None,
+        hook_for: Callable[[int, TensorDict], ClientHook | None] | None = None,
         client_states: Mapping[int, TensorDict] | None = None,
     ) -> list[ClientUpdate]:
         """Train each sampled client from ``global_state`` (or, for personalised strategies, from its own
         entry in ``client_states`` where it has one); batch order and dropout are seeded by (run seed,
-        round, client) so any client round replays identically. ``hook_for(client)`` gives the strategy's
-        change to that client's local training."""
+        round, client) so any client round replays identically. ``hook_for(client, start)`` gives the
+        strategy's change to that client's local training, given the state the client starts from (at its
+        own rank). Updates come back at the global rank and scaling."""
         updates = []
         for cid in client_ids:
             examples = self.client_examples[cid]
             if on_client_start is not None:
                 on_client_start(cid, count_local_steps(len(examples), self.args))
             start = (client_states or {}).get(cid, global_state)
+            view = self.ranks.to_client(start, cid) if self.ranks else start
+            factor = self.ranks.scaling_factor(cid) if self.ranks else 1.0
             rng: np.random.Generator = numpy_rng(self.seed, "train", server_round, cid)
-            with torch_rng_scope(self.seed, "train", server_round, cid):
-                hook = hook_for(cid) if hook_for is not None else None
-                updates.append(
-                    train_client_round(self.model, cid, start, examples, self.args, rng, on_step=on_step, hook=hook)
-                )
+            with torch_rng_scope(self.seed, "train", server_round, cid), scaled_lora(self.model, factor):
+                hook = hook_for(cid, view) if hook_for is not None else None
+                update = train_client_round(self.model, cid, view, examples, self.args, rng, on_step=on_step, hook=hook)
+            if self.ranks:
+                update = replace(update, state=self.ranks.from_client(update.state, start, cid))
+            updates.append(update)
             release_freed_memory()
         return updates
 

@@ -54,6 +54,8 @@ class ServerContext:
     """(scored positions x outputs) probabilities: next-token distributions at response tokens, or class
     probabilities per example."""
     lora_aggregation: str = "separate"
+    heterogeneous_ranks: bool = False
+    """Clients train LoRA adapters of different ranks (``peft.client_ranks``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Strategy(ABC):
     """Each client keeps its own state (see :class:`PersonalisedStrategy`)."""
     pools_data: ClassVar[bool] = False
     """Train one model on the union of the sampled clients' data (the centralised baseline)."""
+    stackable: ClassVar[bool] = False
+    """Aggregates LoRA pairs by the example-weighted mean, so ``fl.lora_aggregation=stack`` can stand in."""
     communicates: ClassVar[bool] = True
     """False for baselines that exchange nothing (training alone, pooled data): their rounds count 0 bytes."""
 

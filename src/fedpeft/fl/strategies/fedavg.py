@@ -19,5 +19,7 @@ def example_weighted_mean(updates: Sequence[ClientUpdate], server_round: int) ->
 class FedAvg(Strategy):
     """Mean of the client states weighted by their example counts (McMahan et al., 2017)."""
 
+    stackable = True
+
     def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
         return example_weighted_mean(updates, server_round)

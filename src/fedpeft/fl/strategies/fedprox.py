@@ -51,6 +51,8 @@ class ProximalTerm:
 class FedProx(Strategy):
     """FedAvg plus a proximal term mu/2 * ||theta - theta_global||^2 in every client's loss (Li et al., 2020)."""
 
+    stackable = True
+
     Settings = FedProxSettings
 
     def client_hook(self, client_id: int, global_state: TensorDict) -> ProximalTerm:

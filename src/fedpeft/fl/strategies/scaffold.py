@@ -74,6 +74,11 @@ class Scaffold(Strategy):
                 "fl.strategy=scaffold corrects the gradients of the trained tensors themselves, so it needs "
                 f"fl.lora_aggregation=separate, not {context.lora_aggregation!r}"
             )
+        if context.heterogeneous_ranks:
+            raise ValueError(
+                "fl.strategy=scaffold keeps its control variates at the global rank; it does not take "
+                "peft.client_ranks (clients of different ranks)"
+            )
         self.context = context
         self.n_clients = len(context.client_val)
 
