@@ -60,8 +60,62 @@ def test_product_space_pairs_lora_tensors_and_passes_the_rest_through():
     torch.testing.assert_close(product["m.q.lora_BA.default.weight"], (state[B] @ state[A]).double())
 
 
-def test_product_mode_needs_lora_pairs():
-    with pytest.raises(ValueError, match="no LoRA pairs"):
-        check_lora_aggregation("product", {HEAD: torch.zeros(3)})
-    with pytest.raises(ValueError, match="valid: separate, product"):
-        check_lora_aggregation("stack", {HEAD: torch.zeros(3)})
+def test_product_and_stack_modes_need_lora_pairs():
+    for mode in ("product", "stack"):
+        with pytest.raises(ValueError, match=f"{mode} needs LoRA adapters.*no LoRA pairs"):
+            check_lora_aggregation(mode, {HEAD: torch.zeros(3)})
+    with pytest.raises(ValueError, match="valid: separate, product, stack"):
+        check_lora_aggregation("sum", {HEAD: torch.zeros(3)})
+
+
+# ---- stack (FLoRA) and clients of different ranks ----
+
+
+def test_stack_is_exactly_the_weighted_mean_of_products_at_each_clients_rank():
+    from fedpeft.fl.lora_aggregation import stack_round
+    from fedpeft.fl.lora_ranks import ClientRanks
+
+    ranks = ClientRanks(global_rank=4, ranks=(1, 4, 2))
+    states = [client(10 + i, rank=4) for i in range(3)]
+    counts = [3, 1, 4]
+    stacked, rest, info = stack_round(build_strategy("fedavg"), client(0, rank=4), updates(states, counts), 1, ranks)
+    b, a = stacked[A]
+    assert b.shape == (8, 1 + 4 + 2) and a.shape == (1 + 4 + 2, 6) and info["stacked_rank"] == 7
+    expected = sum(
+        (n / 8) * (s[B][:, :r].double() @ s[A][:r].double())
+        for s, n, r in zip(states, counts, ranks.ranks, strict=True)
+    )
+    torch.testing.assert_close(b @ a, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rest[HEAD], sum(n * s[HEAD] for s, n in zip(states, counts, strict=True)) / 8)
+    # Identical full-rank clients: the stack's product is their own product, though the rank has tripled.
+    same = client(1, rank=4)
+    stacked, _, _ = stack_round(build_strategy("fedprox"), client(0, rank=4), updates([same] * 3, counts), 1)
+    torch.testing.assert_close(stacked[A][0] @ stacked[A][1], same[B].double() @ same[A].double())
+
+
+def test_stack_refuses_strategies_that_are_not_a_weighted_mean():
+    from fedpeft.fl.lora_aggregation import stack_round
+
+    with pytest.raises(ValueError, match="stackable: fedavg, fedprox"):
+        stack_round(build_strategy("fedmedian"), client(0), updates([client(1)] * 3, [1, 1, 1]), 1)
+
+
+def test_a_lower_rank_client_sees_the_truncated_global_product_at_its_own_scaling():
+    from fedpeft.fl.lora_ranks import ClientRanks
+
+    ranks = ClientRanks(global_rank=4, ranks=(2,))
+    g = client(3, rank=4)
+    view = ranks.to_client(g, 0)
+    assert torch.equal(view[A][2:], torch.zeros(2, 6)) and torch.equal(view[B][:, 2:], torch.zeros(8, 2))
+    # alpha / 2 * B_c A_c == alpha / 4 * B[:, :2] A[:2]
+    torch.testing.assert_close((1 / 2) * view[B] @ view[A], (1 / 4) * g[B][:, :2] @ g[A][:2])
+    assert ranks.scaling_factor(0) == 2.0
+    trained = {k: v + 0.5 for k, v in view.items()}
+    trained[A][2:] = 0
+    trained[B][:, 2:] = 0
+    back = ranks.from_client(trained, g, 0)
+    torch.testing.assert_close(back[B][:, :2], trained[B][:, :2] * 2)
+    assert torch.equal(back[A][2:], g[A][2:]) and torch.equal(back[B][:, 2:], g[B][:, 2:])  # untrained: unchanged
+    assert torch.equal(back[HEAD], trained[HEAD])
+    full = sum(t.numel() * 4 for t in g.values())
+    assert ranks.wire_bytes(g, 0) == full - (2 * 6 + 8 * 2) * 4
