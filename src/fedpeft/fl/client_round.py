@@ -60,6 +60,27 @@ class ClientHook(Protocol):
     def correct_gradients(self, params: dict[str, torch.nn.Parameter]) -> None: ...
 
 
+def add_to_gradients(
+    params: dict[str, torch.nn.Parameter], extra: Callable[[str, torch.nn.Parameter], torch.Tensor]
+) -> None:
+    """For a :class:`ClientHook`: add ``extra(name, param)`` to every trainable gradient (no graph)."""
+    with torch.no_grad():
+        for name, p in params.items():
+            term = extra(name, p)
+            if p.grad is None:
+                p.grad = term.clone()
+            else:
+                p.grad.add_(term)
+
+
+def on_device_of(tensors: TensorDict, name: str, p: torch.Tensor) -> torch.Tensor:
+    """``tensors[name]`` on ``p``'s device and dtype, moved once and kept there (not copied every step)."""
+    t = tensors[name]
+    if t.device != p.device or t.dtype != p.dtype:
+        t = tensors[name] = t.to(device=p.device, dtype=p.dtype)
+    return t
+
+
 @dataclass
 class ClientUpdate:
     client_id: int

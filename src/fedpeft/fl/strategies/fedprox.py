@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedpeft.fl.client_round import ClientUpdate
+from fedpeft.fl.client_round import ClientUpdate, add_to_gradients, on_device_of
 from fedpeft.fl.strategies.base import Strategy, register_strategy, setting
 from fedpeft.fl.strategies.fedavg import example_weighted_mean
 from fedpeft.tensors import TensorDict
@@ -34,17 +34,7 @@ class ProximalTerm:
     """The global state the client started from; its own copy, since tensors move to the model's device."""
 
     def correct_gradients(self, params: dict[str, torch.nn.Parameter]) -> None:
-        with torch.no_grad():
-            for name, p in params.items():
-                anchor = self.anchor[name]
-                if anchor.device != p.device or anchor.dtype != p.dtype:
-                    # Moved once per round, not copied to the accelerator again on every step.
-                    anchor = self.anchor[name] = anchor.to(device=p.device, dtype=p.dtype)
-                pull = (p - anchor).mul_(self.mu)
-                if p.grad is None:
-                    p.grad = pull
-                else:
-                    p.grad.add_(pull)
+        add_to_gradients(params, lambda name, p: (p - on_device_of(self.anchor, name, p)) * self.mu)
 
 
 @register_strategy("fedprox")

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from fedpeft.fl.client_round import ClientUpdate, lr_factor, warmup_steps
+from fedpeft.fl.client_round import ClientUpdate, add_to_gradients, lr_factor, on_device_of, warmup_steps
 from fedpeft.fl.strategies.base import ServerContext, Strategy, register_strategy, setting
 from fedpeft.fl.strategies.fedavg import example_weighted_mean
 from fedpeft.tensors import TensorDict, payload_bytes
@@ -44,15 +44,7 @@ class DriftCorrection:
     correction: TensorDict
 
     def correct_gradients(self, params: dict[str, torch.nn.Parameter]) -> None:
-        with torch.no_grad():
-            for name, p in params.items():
-                shift = self.correction[name]
-                if shift.device != p.device or shift.dtype != p.dtype:
-                    shift = self.correction[name] = shift.to(device=p.device, dtype=p.dtype)
-                if p.grad is None:
-                    p.grad = shift.clone()
-                else:
-                    p.grad.add_(shift)
+        add_to_gradients(params, lambda name, p: on_device_of(self.correction, name, p))
 
 
 @register_strategy("scaffold")
