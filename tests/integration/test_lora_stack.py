@@ -109,9 +109,30 @@ def test_a_rank_2_client_trains_only_two_components_at_its_own_scaling(micro_con
         (["fl.lora_aggregation=stack", "fl.strategy=local"], "stackable"),
         (["peft.client_ranks=[16]"], "ranks in 1..peft.r=8"),
         (["peft.client_ranks=[2,8]", "fl.strategy=scaffold"], "does not take peft.client_ranks"),
+        (["peft.client_ranks=[2,8]", "fl.strategy=trust"], "does not take peft.client_ranks"),
+        (["peft.client_ranks=[2,8]", "fl.strategy=centralised"], "Compare it at one rank"),
     ],
 )
 def test_refused_combinations_fail_before_any_run_directory(micro_config, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         run_experiment(micro_config(*overrides), quiet=True)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_stacking_client_downloads_every_round_merged_since_it_last_trained(micro_config):
+    run_dir, _ = run_experiment(micro_config("fl.rounds=4", "fl.clients=4", "fl.fraction=0.5", *STACK), quiet=True)
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sampled = {r["round"]: r["clients"] for r in records if r["type"] == "round" and r["round"] > 0}
+    merged = load_checkpoint(list_checkpoints(run_dir)[-1]).merged
+    round_bytes = {
+        q: sum(t.numel() * t.element_size() for k, t in merged.items() if k.startswith(f"{q}/")) for q in sampled
+    }
+    adapter_bytes = {}  # a client's own adapter at its rank (2 or 4 of 4 components), from its round-1 download
+    for r in (x for x in records if x["type"] == "client"):
+        earlier = [q for q in sampled if q < r["round"] and r["client"] in sampled[q]]
+        since = max(earlier) if earlier else 1
+        stacks = sum(round_bytes[q] for q in range(since, r["round"]))
+        if r["round"] == 1:
+            adapter_bytes[r["client"]] = r["bytes_down"]
+        own = adapter_bytes.setdefault(r["client"], r["bytes_up"])
+        assert r["bytes_down"] == own + stacks, r

@@ -190,5 +190,18 @@ def test_compare_checks_every_entry_before_training_any(micro_config, tmp_path):
         parse_entries("fedprox:mu")
     with pytest.raises(ConfigError, match="twice"):
         parse_entries("fedavg,fedavg")
+    # The stack check is made for every entry, not only the first of each data setting.
+    with pytest.raises(ConfigError, match="entry 'fedadam'.*stackable"):
+        compare(
+            "default",
+            "fedavg,fedadam",
+            [*MICRO, "fl.lora_aggregation=stack"],
+            out=tmp_path / "c2",
+            quiet=True,
+            log=print,
+        )
+    assert not list((tmp_path / "c2").rglob("metrics.jsonl"))
+    with pytest.raises(ConfigError, match="name:key=value"):
+        compare("default", "fedprox", [*MICRO, "fl.strategy_args.mu=0.5"], out=tmp_path / "c3", quiet=True)
     entry = parse_entries("fedkd:data.server_split=shared:alpha=0.3")[0]
     assert entry.overrides == ("data.server_split=shared", "fl.strategy_args.alpha=0.3")

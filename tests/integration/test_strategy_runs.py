@@ -60,7 +60,7 @@ def test_fedprox_with_mu_zero_is_fedavg_and_mu_pulls_clients_to_the_global_state
     def drift(mu: float) -> float:
         state = setup(micro_config("fl.strategy=fedprox", f"fl.strategy_args.mu={mu}", "train.max_steps=8"), tmp_path)
         hook = state.strategy.client_hook(0, state.global_state)
-        new = state.runtime.train_round(1, [0], state.global_state, hook_for=lambda cid: hook)[0].state
+        new = state.runtime.train_round(1, [0], state.global_state, hook_for=lambda cid, start: hook)[0].state
         return sum(float((new[k] - state.global_state[k]).pow(2).sum()) for k in new) ** 0.5
 
     assert drift(20.0) < 0.7 * drift(0.0)

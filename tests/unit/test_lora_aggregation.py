@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.lora_aggregation import aggregate_round, check_lora_aggregation, to_product_space
+from fedpeft.fl.lora_aggregation import aggregate_round, check_lora_aggregation
 from fedpeft.fl.strategies import build_strategy
+from fedpeft.tensors.lora import to_product_space
 
 A, B = "m.q.lora_A.default.weight", "m.q.lora_B.default.weight"
 HEAD = "score.modules_to_save.default.weight"

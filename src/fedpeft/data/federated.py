@@ -114,16 +114,18 @@ def build_federated_data(
             f"data.server_fraction={server_fraction} of {len(pool)} training rows is no row; raise it or add rows"
         )
     server: list[TokenizedExample] = []
-    spare_used = 0
+    spare_end = len(pool_rows)
+    server_from = "clients' rows" if server_split == "shared" else None
     if server_split == "held_out" and n_server:
-        # Rows beyond data.max_rows first, so the clients keep exactly the rows they would have without a
-        # server; otherwise the head of the (seeded, shuffled) pool.
-        spare_rows = pool_rows[len(client_rows) : len(client_rows) + 2 * n_server]
+        # Rows beyond data.max_rows first, from the end of the spare rows (retrieval distractors come from
+        # their start), so the clients keep exactly the rows they would have without a server; if there are
+        # not enough, the head of the (seeded, shuffled) client pool, and the report says so.
+        spare_rows = pool_rows[max(len(client_rows), len(pool_rows) - 2 * n_server) :]
         spare = tokenize_task_rows(spare_rows, tokenizer, max_length)[0] if spare_rows else []
         if len(spare) >= n_server:
-            server, spare_used = spare[:n_server], len(spare_rows)
+            server, spare_end, server_from = spare[:n_server], len(pool_rows) - len(spare_rows), "beyond data.max_rows"
         else:
-            server, pool = pool[:n_server], pool[n_server:]
+            server, pool, server_from = pool[:n_server], pool[n_server:], "taken out of the client pool"
     if n_clients > len(pool):
         raise PartitionError(
             f"fl.clients={n_clients} is more than the {len(pool)} training rows (after dropping {dropped} rows "
@@ -157,13 +159,14 @@ def build_federated_data(
         "test_rows": len(test),
         "server_rows": len(server),
         "server_split": server_split,
+        "server_rows_from": server_from if server else None,
         "partition": partition,
         "clients": {f"client-{c.client_id}": {"train": len(c.train), "val": len(c.val)} for c in clients},
         "categories": category_table(categories, parts),
     }
     distractors = []
     if TASK_HEADS.get(task) == "embedding":
-        spare = [r for r in rows if r.split == "valid"] + pool_rows[len(client_rows) + spare_used :]
+        spare = [r for r in rows if r.split == "valid"] + pool_rows[len(client_rows) : spare_end]
         distractors = retrieval_distractors(unused_test, spare, tokenizer, max_length, retrieval_candidates - len(test))
         report["retrieval_candidates"] = len(test) + len(distractors)
     return FederatedData(test=test, clients=clients, report=report, distractors=distractors, server=server)

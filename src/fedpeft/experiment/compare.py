@@ -22,7 +22,6 @@ from typing import Any
 from fedpeft.config.recipes import ConfigError, load_config
 from fedpeft.config.schema import RunConfig
 from fedpeft.experiment.progress import HEADLINE_METRICS
-from fedpeft.fl.sampling import clients_per_round
 from fedpeft.fl.strategies import build_strategy
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.plots import plot_comparison
@@ -87,7 +86,7 @@ def _data_key(config: RunConfig) -> str:
 def preflight(configs: dict[str, RunConfig]) -> None:
     """Every entry's strategy built, sized and bound to its model and data before anything trains (one
     setup per distinct model/data configuration)."""
-    from fedpeft.experiment.run import server_context, setup
+    from fedpeft.experiment.run import check_strategy_fits, setup
 
     states = {}
     for label, config in configs.items():
@@ -98,8 +97,7 @@ def preflight(configs: dict[str, RunConfig]) -> None:
                 continue
             state = states[key]
             strategy = build_strategy(config.fl.strategy, config.fl.strategy_args)
-            strategy.check_round_size(clients_per_round(config.fl.clients, config.fl.fraction))
-            strategy.bind(server_context(config, state.model, state.tokenizer, state.data, state.runtime.args))
+            check_strategy_fits(strategy, config, state.model, state.tokenizer, state.data, state.runtime.args)
         except (ValueError, ConfigError) as err:
             raise ConfigError(f"compare entry {label!r}: {err}") from None
 
@@ -164,6 +162,12 @@ def compare(
     from fedpeft.experiment.run import run_experiment
 
     entries = parse_entries(strategies)
+    fixed = [o for o in overrides if o.partition("=")[0].strip().startswith("fl.strategy")]
+    if fixed:
+        raise ConfigError(
+            f"--set {fixed[0]!r}: each compare entry names its strategy and settings; write them into "
+            "--strategies as name:key=value (e.g. fedprox:mu=0.1)"
+        )
     base = load_config(recipe, list(overrides))
     root = Path(out) if out else rd.new_run_dir(Path(base.output.dir), f"compare-{Path(recipe).stem}")
     runs_dir = root / "runs"

@@ -6,7 +6,9 @@ the strategy only does arithmetic; this module decides what happens when and wri
 
 from __future__ import annotations
 
+import os
 import resource
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -192,10 +194,6 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
             head=head,
         )
     model.eval()
-    with _as_config_error():
-        check_lora_aggregation(config.fl.lora_aggregation, get_trainable_state(model))
-        if config.fl.lora_aggregation == "stack":
-            check_stackable(strategy)
     args = LocalTrainingArgs(
         epochs=config.train.epochs,
         max_steps=config.train.max_steps,
@@ -214,7 +212,7 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed, ranks)
     # A strategy that needs server data, validation rows or categories says so now, before round 1.
     with _as_config_error():
-        strategy.bind(server_context(config, model, tokenizer, data, args))
+        check_strategy_fits(strategy, config, model, tokenizer, data, args)
     return RunState(
         config=config,
         run_dir=run_dir,
@@ -271,6 +269,25 @@ def server_context(config: RunConfig, model, tokenizer, data: FederatedData, arg
         lora_aggregation=config.fl.lora_aggregation,
         heterogeneous_ranks=ClientRanks.build(config.peft.r, config.peft.client_ranks) is not None,
     )
+
+
+def check_strategy_fits(
+    strategy: Strategy, config: RunConfig, model, tokenizer, data: FederatedData, args: LocalTrainingArgs
+) -> None:
+    """Every check of a strategy against a built run (ValueError naming what is missing); ``setup`` and
+    ``fedpeft compare``'s preflight both call it, so a comparison entry fails exactly as its run would."""
+    strategy.check_round_size(clients_per_round(config.fl.clients, config.fl.fraction))
+    check_lora_aggregation(config.fl.lora_aggregation, get_trainable_state(model))
+    if config.fl.lora_aggregation == "stack":
+        check_stackable(strategy)
+    if strategy.personalised and config.data.task in THRESHOLD_ON_VALIDATION:
+        empty = [c.client_id for c in data.clients if not c.val]
+        if empty:
+            raise ValueError(
+                f"data.task={config.data.task} picks each personalised model's threshold on its own validation rows, "
+                f"but client(s) {empty[:5]} have none; raise data.val_fraction"
+            )
+    strategy.bind(server_context(config, model, tokenizer, data, args))
 
 
 def evaluate_state(
@@ -376,11 +393,13 @@ def merge_stacked_round(
 ) -> TensorDict:
     """Merge a round's stacked pairs into the frozen base and return the next global state: a fresh LoRA
     adapter (seeded by the round) plus the strategy's aggregate of the other trainable tensors."""
-    scale = lora_scaling(state.model)
-    for a_key, (b, a) in stacked.items():
-        merge_into_base(state.model, lora_layer_name(a_key), scale * (b @ a))
+    # Kept (and merged) at the adapter's dtype: what clients download, what the checkpoint holds, and
+    # what a resume re-merges are the same tensors.
+    dtype = next(iter(state.global_state.values())).dtype
+    stacked = {k: (b.to(dtype), a.to(dtype)) for k, (b, a) in stacked.items()}
+    merge_pairs(state.model, stacked)
     state.merged[rnd] = stacked
-    with torch_rng_scope(state.config.fl.seed, "init", rnd):
+    with torch_rng_scope(state.config.fl.seed, "init", 2, rnd):  # ("init", 1) seeded the base model's head
         reset_lora(state.model)
     return get_trainable_state(state.model) | {k: v.clone() for k, v in rest.items()}
 
@@ -409,6 +428,26 @@ def save_stacked_adapter(state: RunState, where: Path) -> None:
     config = json.loads(config_path.read_text())
     config.update(r=total_rank, lora_alpha=scale * total_rank)
     config_path.write_text(json.dumps(config, indent=2))
+
+
+def merge_pairs(model: torch.nn.Module, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Add scaling * B A of every stacked pair to the frozen base weight it adapts."""
+    scale = lora_scaling(model)
+    for a_key, (b, a) in pairs.items():
+        merge_into_base(model, lora_layer_name(a_key), scale * (b.to(torch.float64) @ a.to(torch.float64)))
+
+
+def stack_download_bytes(state: RunState, client_id: int, rnd: int) -> int:
+    """Stacked pairs a client downloads before round ``rnd``: every round merged since it last trained
+    (its base must hold them all), found by replaying the seeded sampling of the earlier rounds."""
+    cfg = state.config.fl
+    last = 0
+    for q in range(rnd - 1, 0, -1):
+        if client_id in sample_clients(cfg.clients, cfg.fraction, numpy_rng(cfg.seed, "sampling", q)):
+            last = q
+            break
+    missing = [state.merged[q] for q in range(max(last, 1), rnd) if q in state.merged]
+    return sum(payload_bytes({"B": b, "A": a}) for pairs in missing for b, a in pairs.values())
 
 
 def flatten_merged(merged: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> TensorDict:
@@ -463,16 +502,15 @@ def fit(state: RunState, progress: RunProgress) -> None:
         test, per_client, client_test = evaluate_global(state) if _should_evaluate(cfg, rnd) else (None, {}, {})
         # ---- record and checkpoint: the round counts as done only once its checkpoint is in place ----
         extra = strategy.extra_payload_bytes(state.global_state)
-        # Stacking: every client also downloads the previous round's stacked pairs to merge into its base.
-        merged_before = state.merged.get(rnd - 1, {})
-        item = next(iter(state.global_state.values())).element_size()  # sent at the adapter's dtype
-        stack_down = item * sum(b.numel() + a.numel() for b, a in merged_before.values())
         ranks = state.runtime.ranks
-        records = [
-            _client_record(rnd, u, _wire_bytes(ranks, u.client_id, sent.get(u.client_id, {})) + stack_down, extra)
-            | {"bytes_up": _wire_bytes(ranks, u.client_id, u.state) + extra}
-            for u in updates
-        ]
+        records = []
+        for u in updates:
+            # Stacking: a client also downloads the stacked pairs merged since it last trained.
+            stacks = stack_download_bytes(state, u.client_id, rnd) if state.merged else 0
+            down = _wire_bytes(ranks, u.client_id, sent.get(u.client_id, {})) + stacks
+            records.append(
+                _client_record(rnd, u, down, extra) | {"bytes_up": _wire_bytes(ranks, u.client_id, u.state) + extra}
+            )
         if not strategy.communicates:
             records = [r | {"bytes_up": 0, "bytes_down": 0} for r in records]
         for r in records:
@@ -528,11 +566,17 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
                 for c in state.data.clients
             }
         for where, trainable in adapters.items():
+            # Written next to its place and renamed in: a crash never leaves a half-written adapter (nor, when
+            # stacking, the untrained fresh one where the stacked one belongs).
+            final, tmp = run_dir / where, run_dir / f"{where}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
             set_trainable_state(state.model, trainable)
-            state.model.save_pretrained(run_dir / where)
-            state.tokenizer.save_pretrained(run_dir / where)
-        if state.merged:
-            save_stacked_adapter(state, run_dir / rd.ADAPTER_DIR)
+            state.model.save_pretrained(tmp)
+            state.tokenizer.save_pretrained(tmp)
+            if state.merged:
+                save_stacked_adapter(state, tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
     if rounds:
         plot_losses(rounds, run_dir / rd.LOSS_PLOT)
     mixed = [r for r in rounds if r.get("mixing")]
@@ -587,11 +631,9 @@ def _restore(state: RunState) -> None:
         state.strategy.load_state_dict(ckpt.strategy_state)
         # Stacked rounds are re-merged into the fresh base in round order: the same additions, in the
         # same order, as the uninterrupted run made.
-        scale = lora_scaling(state.model)
         state.merged = unflatten_merged(ckpt.merged)
         for pairs in state.merged.values():
-            for a_key, (b, a) in pairs.items():
-                merge_into_base(state.model, lora_layer_name(a_key), scale * (b @ a))
+            merge_pairs(state.model, pairs)
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:

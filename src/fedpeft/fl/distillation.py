@@ -10,6 +10,8 @@ AdamW, and reads it back. Notable choices:
   (+ attention_weight * MSE between the attention maps of the two models, if set).
 - The target distribution of each step comes from the other model in eval mode (no dropout) before
   either steps, so the two updates of a step are symmetric.
+- Batches of ``micro_batch_size`` examples at the constant peak LR of local training; the same prompt
+  masking as local training (``data.train_on_inputs``).
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def mutual_distillation(
     if not examples:
         raise ValueError("mutual distillation needs server data; it has none")
     head = train.head
-    collate = OBJECTIVES[head].collate
+    objective = OBJECTIVES[head]
+    collate = objective.collate
     params = list(trainable_parameters(model).values())
     device = params[0].device
     optimizers = {
@@ -92,7 +95,9 @@ def mutual_distillation(
     want_maps = kd.attention_weight > 0
     with eager_attention(model, want_maps):
         for idx in batch_order(len(examples), kd.steps, train.micro_batch_size, rng):
-            batch = collate([examples[i] for i in idx], train.pad_id, True)
+            batch = collate([examples[i] for i in idx], train.pad_id, train.mask_prompt)
+            if objective.count(batch) == 0:
+                continue  # nothing scored in this batch (every response cut off): no loss to distil
             batch = {k: v.to(device) for k, v in batch.items()}
             targets = {}
             model.eval()

@@ -29,49 +29,11 @@ from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.strategies.base import PersonalisedStrategy, Strategy
 from fedpeft.tensors import TensorDict
 from fedpeft.tensors.aggregate import mix_states
+from fedpeft.tensors.lora import from_product_space, lora_pairs, to_product_space
+
+__all__ = ["aggregate_personalised_round", "aggregate_round", "check_lora_aggregation", "lora_pairs", "stack_round"]
 
 LORA_AGGREGATION_MODES = ("separate", "product", "stack")
-_A, _B, _PRODUCT = ".lora_A.", ".lora_B.", ".lora_BA."
-
-
-def lora_pairs(state: TensorDict) -> dict[str, tuple[str, str]]:
-    """product key -> (A key, B key) for every LoRA pair in ``state``."""
-    pairs = {}
-    for key in state:
-        if _A in key and key.replace(_A, _B) in state:
-            pairs[key.replace(_A, _PRODUCT)] = (key, key.replace(_A, _B))
-    return pairs
-
-
-def to_product_space(state: TensorDict) -> TensorDict:
-    """``state`` with every LoRA pair (A, B) replaced by its product B A (float64)."""
-    pairs = lora_pairs(state)
-    paired = {k for ab in pairs.values() for k in ab}
-    out = {k: v for k, v in state.items() if k not in paired}
-    for product_key, (a_key, b_key) in pairs.items():
-        out[product_key] = state[b_key].to(torch.float64) @ state[a_key].to(torch.float64)
-    return out
-
-
-def refactor(product: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(B, A, relative residual) with B A the best rank-``rank`` approximation of ``product``."""
-    u, s, vh = torch.linalg.svd(product.to(torch.float64), full_matrices=False)
-    b, a = u[:, :rank] * s[:rank], vh[:rank]
-    norm = float(torch.linalg.matrix_norm(product))
-    residual = float(torch.linalg.matrix_norm(product - b @ a)) / norm if norm > 0 else 0.0
-    return b, a, residual
-
-
-def from_product_space(product_state: TensorDict, like: TensorDict) -> tuple[TensorDict, dict[str, float]]:
-    """Back to LoRA pairs at the ranks and dtypes of ``like``; returns the state and the residual per pair."""
-    pairs = lora_pairs(like)
-    out = {k: v for k, v in product_state.items() if k not in pairs}
-    residuals = {}
-    for product_key, (a_key, b_key) in pairs.items():
-        rank = like[a_key].shape[0]
-        b, a, residuals[product_key] = refactor(product_state[product_key], rank)
-        out[a_key], out[b_key] = a.to(like[a_key].dtype), b.to(like[b_key].dtype)
-    return out, residuals
 
 
 def check_lora_aggregation(mode: str, state: TensorDict) -> None:
@@ -124,8 +86,9 @@ def stack_round(
 def aggregate_round(
     strategy: Strategy, mode: str, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int
 ) -> tuple[TensorDict, dict[str, float]]:
-    """The strategy's next global state under LoRA aggregation ``mode``, and figures for the round log."""
-    if mode == "separate":
+    """The strategy's next global state under LoRA aggregation ``mode``, and figures for the round log. A
+    strategy that pools the data (centralised) has one update and nothing to aggregate: any mode is separate."""
+    if mode == "separate" or strategy.pools_data:
         new_state = strategy.aggregate(global_state, updates, server_round)
         return new_state, strategy.round_figures()
     in_product = [replace(u, state=to_product_space(u.state)) for u in updates]
@@ -145,8 +108,17 @@ def aggregate_personalised_round(
     if mode == "separate":
         return mix_states([u.state for u in updates], weights), weights, strategy.round_figures()
     mixed = mix_states([to_product_space(u.state) for u in updates], weights)
-    states, residuals = zip(*(from_product_space(m, u.state) for m, u in zip(mixed, updates, strict=True)), strict=True)
-    return list(states), weights, _residual_figures(residuals) | strategy.round_figures()
+    states, residuals = [], []
+    identity = torch.eye(len(updates), dtype=torch.float64)
+    for i, (m, u) in enumerate(zip(mixed, updates, strict=True)):
+        if torch.equal(weights[i], identity[i]):
+            states.append(u.state)  # a client that keeps only its own update keeps its own factors
+            continue
+        state, residual = from_product_space(m, u.state)
+        states.append(state)
+        residuals.append(residual)
+    figures = _residual_figures(residuals) if residuals else {}
+    return states, weights, figures | strategy.round_figures()
 
 
 def _residual_figures(residuals: Sequence[dict[str, float]]) -> dict[str, float]:

@@ -6,6 +6,7 @@
 - ``centralised``: each round one model trains on the union of the sampled clients' training rows for
   the sum of their local step budgets (the compute of the federated round, done sequentially on pooled
   data), starting from the previous round's model. No data stays private, so nothing is counted as sent.
+  There is nothing to aggregate, so ``fl.lora_aggregation`` does not apply to it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.strategies.base import PersonalisedStrategy, Strategy, register_strategy
+from fedpeft.fl.strategies.base import PersonalisedStrategy, ServerContext, Strategy, register_strategy
 from fedpeft.tensors import TensorDict
 
 
@@ -35,6 +36,13 @@ class Centralised(Strategy):
 
     pools_data = True
     communicates = False
+
+    def bind(self, context: ServerContext) -> None:
+        if context.heterogeneous_ranks:
+            raise ValueError(
+                "fl.strategy=centralised trains one model at the global rank peft.r; peft.client_ranks would make "
+                "it a different adapter from the federated clients'. Compare it at one rank"
+            )
 
     def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
         if len(updates) != 1:

@@ -5,7 +5,8 @@ How W is built (``weights``):
 - ``naive``: uniform, W = 1/n (every client gets the plain mean).
 - ``static``: from the clients' category distributions D (rows sum to 1): W = D D^T, so clients holding the
   same categories trust each other. Needs data with more than one category.
-- ``dynamic``: softmax over the mean (per tensor) cosine similarity of the clients' adapters, times ``scale``.
+- ``dynamic``: softmax over the mean (per tensor) cosine similarity of the clients' adapters, times ``scale``;
+  LoRA pairs are compared as their products B A (S3 compared A and B, whose factoring is arbitrary).
 - ``dynamic-ref``: softmax over -``scale`` * perplexity of model j on client i's validation rows.
 - ``dynamic-token``: softmax over -``token_scale`` * the L1 distance between the models' output
   distributions on a shared reference set (the server's public rows), compared on the ``top_tokens``
@@ -28,6 +29,7 @@ import torch
 from fedpeft.fl.client_round import ClientUpdate
 from fedpeft.fl.strategies.base import PersonalisedStrategy, ServerContext, register_strategy, setting
 from fedpeft.tensors.aggregate import drop_below, keep_largest, mean_cosine_similarity, normalise_rows
+from fedpeft.tensors.lora import to_product_space
 
 TrustWeights = Literal["naive", "static", "dynamic", "dynamic-ref", "dynamic-token"]
 
@@ -68,6 +70,11 @@ class Trust(PersonalisedStrategy):
 
     def bind(self, context: ServerContext) -> None:
         weights = self.settings.weights
+        if context.heterogeneous_ranks:
+            raise ValueError(
+                "fl.strategy=trust mixes the clients' adapters component by component, which clients of different "
+                "ranks do not share; it does not take peft.client_ranks (local does)"
+            )
         if weights == "static":
             categories = {c for counts in context.client_categories.values() for c in counts}
             if len(categories) < 2:
@@ -107,7 +114,8 @@ class Trust(PersonalisedStrategy):
         elif s.weights == "static":
             w = self._static(updates)
         elif s.weights == "dynamic":
-            w = torch.softmax(s.scale * mean_cosine_similarity(states), dim=1)
+            # On the products B A: a pair's factors depend on how it was factored (SVD in product mode).
+            w = torch.softmax(s.scale * mean_cosine_similarity([to_product_space(x) for x in states]), dim=1)
         elif s.weights == "dynamic-ref":
             w = torch.softmax(-s.scale * self._perplexities(updates), dim=1)
         else:
