@@ -169,10 +169,11 @@ def compare(
             "--strategies as name:key=value (e.g. fedprox:mu=0.1)"
         )
     base = load_config(recipe, list(overrides))
+    # Checked before the comparison directory exists, so bad input leaves nothing behind.
+    preflight({e.label: entry_config(recipe, overrides, e, Path(base.output.dir)) for e in entries})
     root = Path(out) if out else rd.new_run_dir(Path(base.output.dir), f"compare-{Path(recipe).stem}")
     runs_dir = root / "runs"
     configs = {e.label: entry_config(recipe, overrides, e, runs_dir) for e in entries}
-    preflight(configs)
     rows = []
     for label, config in configs.items():
         started = time.perf_counter()
