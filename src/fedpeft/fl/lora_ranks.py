@@ -14,8 +14,12 @@ multiplied by R / r for its turn). States travel and are stored at the global sc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+import torch
+
+from fedpeft.models.peft_methods import scaled_lora
 from fedpeft.tensors import TensorDict
 
 _A, _B = ".lora_A.", ".lora_B."
@@ -39,6 +43,10 @@ class ClientRanks:
     def scaling_factor(self, client_id: int) -> float:
         """The client's LoRA scaling over the global one: (alpha / r) / (alpha / R)."""
         return self.global_rank / self.rank_of(client_id)
+
+    def client_scaling(self, model: torch.nn.Module, client_id: int) -> AbstractContextManager[None]:
+        """The model's LoRA layers at the client's scaling alpha / r_i for the block."""
+        return scaled_lora(model, self.scaling_factor(client_id))
 
     def to_client(self, state: TensorDict, client_id: int) -> TensorDict:
         r, big = self.rank_of(client_id), self.global_rank

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +15,6 @@ import torch
 
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, LocalTrainingArgs, count_local_steps, train_client_round
 from fedpeft.fl.lora_ranks import ClientRanks
-from fedpeft.models.peft_methods import scaled_lora
 from fedpeft.seeding import numpy_rng, torch_rng_scope
 from fedpeft.tensors import TensorDict
 from fedpeft.tensors.batching import TokenizedExample
@@ -85,9 +85,9 @@ class LocalRuntime:
                 on_client_start(cid, count_local_steps(len(examples), self.args))
             start = (client_states or {}).get(cid, global_state)
             view = self.ranks.to_client(start, cid) if self.ranks else start
-            factor = self.ranks.scaling_factor(cid) if self.ranks else 1.0
+            scaling = self.ranks.client_scaling(self.model, cid) if self.ranks else nullcontext()
             rng: np.random.Generator = numpy_rng(self.seed, "train", server_round, cid)
-            with torch_rng_scope(self.seed, "train", server_round, cid), scaled_lora(self.model, factor):
+            with torch_rng_scope(self.seed, "train", server_round, cid), scaling:
                 hook = hook_for(cid, view) if hook_for is not None else None
                 update = train_client_round(self.model, cid, view, examples, self.args, rng, on_step=on_step, hook=hook)
             if self.ranks:
