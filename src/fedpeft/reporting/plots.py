@@ -12,6 +12,7 @@ def plot_losses(rounds: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     train = [(r["round"], r["train_loss"]) for r in rounds if r.get("train_loss") is not None]
@@ -21,6 +22,7 @@ def plot_losses(rounds: list[dict[str, Any]], path: Path) -> None:
     if evals:
         ax.plot(*zip(*evals, strict=True), marker="s", label="eval loss (global test split)")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -35,11 +37,13 @@ def plot_comparison(curves: dict[str, list[tuple[int, float]]], metric: str, pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in curves.items():
         ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(f"test {metric}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -58,13 +62,16 @@ def plot_mixing_matrix(weights: list[list[float]], clients: list[int], rnd: int,
     labels = [f"client-{c}" for c in clients]
     size = min(2.5 + 0.45 * len(clients), 16)
     fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(weights, cmap="magma", vmin=0.0, vmax=max(max(row) for row in weights))
+    top = max(max(row) for row in weights)
+    image = ax.imshow(weights, cmap="magma", vmin=0.0, vmax=top)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     if len(clients) <= 12:
         for i, row in enumerate(weights):
             for j, w in enumerate(row):
-                ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=6, color="grey")
+                ax.text(
+                    j, i, f"{w:.2f}", ha="center", va="center", fontsize=7, color="white" if w < 0.6 * top else "black"
+                )
     ax.set_xlabel("model mixed in (j)")
     ax.set_ylabel("client receiving (i)")
     ax.set_title(f"mixing weights W, round {rnd}")
