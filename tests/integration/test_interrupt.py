@@ -25,7 +25,8 @@ def completed_rounds(runs_dir) -> int:
 def test_sigint_mid_run_exits_130_and_resumes(tmp_path):
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "fedpeft.cli", "run", "default", "--quiet"]
-    for item in [*MICRO, "fl.rounds=40", "output.keep_checkpoints=100", f"output.dir={out}"]:
+    # Rounds long enough (12 steps) that a loaded machine still sees round 2 finish well before round 40.
+    for item in [*MICRO, "fl.rounds=40", "train.max_steps=12", "output.keep_checkpoints=100", f"output.dir={out}"]:
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
     try:

@@ -17,13 +17,20 @@ class ModelConfig(Section):
 
 
 class PeftConfig(Section):
-    method: Literal["lora"] = Field("lora", description="Parameter-efficient method applied to the base.")
+    method: Literal["lora", "ia3", "prompt", "ptuning", "prefix", "full"] = Field(
+        "lora",
+        description="lora (with use_rslora / use_dora), ia3, prompt (prompt tuning), ptuning (P-tuning: a prompt "
+        "encoder), prefix (prefix tuning), or full (every weight trains and travels).",
+    )
     r: int = Field(8, description="LoRA rank (> 0).")
     alpha: float = Field(16.0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["auto"] = Field(
         "auto", description="Module names to adapt, or 'auto' for the architecture's attention projections."
     )
+    use_rslora: bool = Field(False, description="LoRA: scale by alpha / sqrt(r) (rank-stabilised LoRA).")
+    use_dora: bool = Field(False, description="LoRA: DoRA, a trained magnitude per output on top of LoRA.")
+    num_virtual_tokens: int = Field(20, gt=0, description="prompt / ptuning / prefix: learned virtual tokens.")
     client_ranks: list[int] | None = Field(
         None,
         description="LoRA rank of each client (client c trains rank client_ranks[c % len]) inside the global "
@@ -40,6 +47,8 @@ class PeftConfig(Section):
     @model_validator(mode="after")
     def _client_ranks(self) -> PeftConfig:
         ranks = self.client_ranks
+        if ranks is not None and self.method != "lora":
+            raise ValueError(f"peft.client_ranks are LoRA ranks; peft.method={self.method} has none")
         if ranks is not None and (not ranks or any(not 0 < r <= self.r for r in ranks)):
             raise ValueError(
                 f"peft.client_ranks={ranks} must be a non-empty list of ranks in 1..peft.r={self.r} "

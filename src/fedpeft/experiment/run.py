@@ -52,7 +52,7 @@ from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.sampling import clients_per_round, sample_clients
 from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
 from fedpeft.models.base import load_base_model
-from fedpeft.models.peft_methods import apply_lora, lora_layer_name, lora_scaling, merge_into_base, reset_lora
+from fedpeft.models.peft_methods import PeftSpec, apply_peft, lora_layer_name, lora_scaling, merge_into_base, reset_lora
 from fedpeft.models.state import get_trainable_state, set_trainable_state
 from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
@@ -120,6 +120,20 @@ def _as_config_error() -> Iterator[None]:
         raise ConfigError(str(err)) from None
 
 
+def peft_spec(config: RunConfig) -> PeftSpec:
+    p = config.peft
+    return PeftSpec(
+        method=p.method,
+        r=p.r,
+        alpha=p.alpha,
+        dropout=p.dropout,
+        target_modules=p.target_modules,
+        use_rslora=p.use_rslora,
+        use_dora=p.use_dora,
+        num_virtual_tokens=p.num_virtual_tokens,
+    )
+
+
 def build_data(config: RunConfig, tokenizer) -> FederatedData:
     """The run's federated data: a pure function of the config (and its seed) and the tokenizer."""
     d = config.data
@@ -185,14 +199,7 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         )
     # The adapter's initial weights come from the init generator: the same seed, the same start.
     with torch_rng_scope(seed, "init"), _as_config_error():
-        model = apply_lora(
-            base.model,
-            r=config.peft.r,
-            alpha=config.peft.alpha,
-            dropout=config.peft.dropout,
-            target_modules=config.peft.target_modules,
-            head=head,
-        )
+        model = apply_peft(base.model, peft_spec(config), head)
     model.eval()
     args = LocalTrainingArgs(
         epochs=config.train.epochs,

@@ -1,7 +1,8 @@
 """What each model head predicts, aligned with its targets, shared by training (``fl.client_round``) and
 evaluation (``evaluation.metrics``) so the two cannot disagree about which logit scores which token.
 
-- ``causal_lm``: position t predicts token t+1 (labels are the input ids, shifted here).
+- ``causal_lm``: position t predicts token t+1 (labels are the input ids, shifted here); positions of
+  virtual tokens that prompt tuning prepends score nothing.
 - ``seq2seq_lm``: decoder position t predicts label t (the model shifts the labels into decoder inputs).
 - ``sequence_classification``: one logit vector per example, scoring its label.
 - ``embedding``: unit-length mean of the last hidden states over the unmasked positions.
@@ -22,7 +23,9 @@ def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], head: str, 
         return out, out.logits, batch["labels"]
     if head == "causal_lm":
         out = model(**inputs)
-        return out, out.logits[:, :-1], batch["labels"][:, 1:]
+        # Prompt and P-tuning prepend virtual tokens to the sequence: only the real positions score tokens.
+        logits = out.logits[:, -batch["input_ids"].shape[1] :]
+        return out, logits[:, :-1], batch["labels"][:, 1:]
     if head == "sequence_classification":
         out = model(**inputs)
         return out, out.logits, batch["labels"]
@@ -56,4 +59,5 @@ def scored_outputs(
 
 
 def embed(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return mean_pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return mean_pool(hidden[:, -ids.shape[1] :], mask)  # without prompt tuning's virtual positions

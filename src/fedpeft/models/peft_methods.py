@@ -1,14 +1,13 @@
-"""Apply a PEFT method to a base model. Only LoRA for now; each later method gets its own builder here
-or its own module, selected by ``peft.method``."""
+"""Apply a PEFT method to a base model (``peft.method``): one small builder per peft config, plus full
+fine-tuning; and the in-place LoRA layer operations that federated aggregation needs."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-
-PEFT_METHODS = ("lora",)
 
 # Attention projections per architecture, used when target_modules is "auto".
 AUTO_TARGETS = {
@@ -50,6 +49,96 @@ PEFT_TASK_TYPES = {
     "embedding": "FEATURE_EXTRACTION",
 }
 
+PROMPT_METHODS = ("prompt", "ptuning", "prefix")
+"""Methods that prepend learned virtual tokens (or per-layer prefixes) instead of changing weights."""
+
+
+@dataclass(frozen=True)
+class PeftSpec:
+    """The flat settings of a PEFT method (``peft.*``); each builder reads the fields it needs."""
+
+    method: str = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] | str = "auto"
+    use_rslora: bool = False
+    use_dora: bool = False
+    num_virtual_tokens: int = 20
+
+
+def _lora_config(model: torch.nn.Module, spec: PeftSpec, task_type: str):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=resolve_target_modules(model, spec.target_modules),
+        use_rslora=spec.use_rslora,
+        use_dora=spec.use_dora,
+        task_type=task_type,
+    )
+
+
+def _ia3_config(model: torch.nn.Module, spec: PeftSpec, task_type: str):
+    from peft import IA3Config
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
+    )
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
+    )
+
+    model_type = getattr(model.config, "model_type", "?")
+    if spec.target_modules == "auto":
+        if model_type not in TARGETS:
+            raise ValueError(
+                f"peft.method=ia3 has no default target modules for model type {model_type!r}; "
+                f"list them in peft.target_modules (known types: {', '.join(sorted(TARGETS))})"
+            )
+        targets, feedforward = TARGETS[model_type], FEEDFORWARD[model_type]
+    else:
+        targets = resolve_target_modules(model, spec.target_modules)
+        mlp_words = ("mlp", "down", "up", "gate", "fc", "wo", "wi", "dense_4h", "c_proj", "output.dense")
+        feedforward = [t for t in targets if any(w in t for w in mlp_words)]
+    return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=task_type)
+
+
+def _prompt_config(model: torch.nn.Module, spec: PeftSpec, task_type: str):
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+
+    kinds = {"prompt": PromptTuningConfig, "ptuning": PromptEncoderConfig, "prefix": PrefixTuningConfig}
+    return kinds[spec.method](num_virtual_tokens=spec.num_virtual_tokens, task_type=task_type)
+
+
+PEFT_BUILDERS = {"lora": _lora_config, "ia3": _ia3_config, **dict.fromkeys(PROMPT_METHODS, _prompt_config)}
+PEFT_METHODS = (*PEFT_BUILDERS, "full")
+
+
+def apply_peft(model: torch.nn.Module, spec: PeftSpec, head: str = "causal_lm") -> torch.nn.Module:
+    """Wrap ``model`` for ``spec.method``: a peft model whose only trainable tensors are the method's (plus a
+    classification head, peft's modules_to_save, which then travels with the adapter), or, for ``full``, the
+    model itself with every weight trainable. A method peft cannot apply to this model is a ValueError
+    naming the method, the model type and the head."""
+    from peft import get_peft_model
+
+    if spec.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if spec.method not in PEFT_BUILDERS:
+        raise ValueError(f"unknown peft.method {spec.method!r}; valid: {', '.join(PEFT_METHODS)}")
+    model_type = getattr(model.config, "model_type", "?")
+    config = PEFT_BUILDERS[spec.method](model, spec, PEFT_TASK_TYPES[head])
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, TypeError, AttributeError, NotImplementedError, KeyError) as err:
+        raise ValueError(
+            f"peft.method={spec.method} does not apply to model type {model_type!r} with a {head} head ({err}); "
+            f"try another of: {', '.join(PEFT_METHODS)}"
+        ) from None
+
 
 def apply_lora(
     model: torch.nn.Module,
@@ -60,18 +149,9 @@ def apply_lora(
     target_modules: list[str] | str,
     head: str = "causal_lm",
 ) -> torch.nn.Module:
-    """Wrap ``model`` in a peft LoRA model. Only the LoRA matrices are trainable, plus, for a
-    classification head, the head itself (peft's modules_to_save), which then travels with the adapter."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=resolve_target_modules(model, target_modules),
-        task_type=PEFT_TASK_TYPES[head],
-    )
-    return get_peft_model(model, config)
+    """LoRA with plain settings (kept for callers that only ever want LoRA)."""
+    spec = PeftSpec("lora", r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
+    return apply_peft(model, spec, head)
 
 
 # ---- LoRA layers in place: per-client scaling, merging stacked updates into the base, re-initialising ----
