@@ -93,3 +93,23 @@ def test_method_misconfigurations_are_config_errors(micro_config, tmp_path, over
     with pytest.raises(ConfigError, match=message):
         run_experiment(micro_config(*overrides), quiet=True)
     assert not (tmp_path / "runs").exists()
+
+
+def test_transport_dtype_rounds_what_travels_and_counts_its_bytes(micro_config, tmp_path):
+    from fedpeft.tensors import through_transport
+
+    native_dir, native = run_experiment(micro_config(), quiet=True)
+    f32_dir, f32 = run_experiment(micro_config("fl.transport_dtype=float32"), quiet=True)
+    _, bf16 = run_experiment(micro_config("fl.transport_dtype=bfloat16"), quiet=True)
+    assert native["bytes_up"] == f32["bytes_up"] == 2 * bf16["bytes_up"]
+    assert native["bytes_down"] == 2 * bf16["bytes_down"]
+    a = (native_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert a == (f32_dir / "adapter" / "adapter_model.safetensors").read_bytes()  # float32 adapters: a no-op
+
+    state = setup(micro_config("fl.transport_dtype=float16"), tmp_path)
+    (update,) = state.runtime.train_round(1, [0], state.global_state)
+    for key, value in update.state.items():  # what the server receives is exactly float16-representable
+        assert torch.equal(value, value.half().float()), key
+    rounded = through_transport(state.global_state, torch.float16)
+    assert any(not torch.equal(rounded[k], state.global_state[k]) for k in rounded)
+    assert all(rounded[k].dtype == state.global_state[k].dtype for k in rounded)

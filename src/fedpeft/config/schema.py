@@ -130,6 +130,11 @@ class FLConfig(Section):
         "(the strategy acts on dW = B A, re-factored to rank r by truncated SVD; residual logged) or stack "
         "(FLoRA: the clients' pairs concatenated, exact, merged into the base each round; fedavg and fedprox).",
     )
+    transport_dtype: Literal["native", "float32", "bfloat16", "float16"] = Field(
+        "native",
+        description="Dtype adapters and updates travel in (both ways): native (the trainable tensors' own), or "
+        "rounded to float32 / bfloat16 / float16; bytes are counted at it.",
+    )
     seed: int = Field(0, description="Seeds the data split, client sampling, init and training.")
 
     @field_validator("clients")

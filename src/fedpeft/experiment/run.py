@@ -216,7 +216,8 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         head=head,
     )
     ranks = ClientRanks.build(config.peft.r, config.peft.client_ranks)
-    runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed, ranks)
+    transport = None if config.fl.transport_dtype == "native" else getattr(torch, config.fl.transport_dtype)
+    runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed, ranks, transport)
     # A strategy that needs server data, validation rows or categories says so now, before round 1.
     with _as_config_error():
         check_strategy_fits(strategy, config, model, tokenizer, data, args)
@@ -356,13 +357,16 @@ def _should_evaluate(config: RunConfig, rnd: int) -> bool:
     return rnd == config.fl.rounds or (every > 0 and rnd % every == 0)
 
 
-def _wire_bytes(ranks: ClientRanks | None, client_id: int, trainable: TensorDict) -> int:
-    """Bytes of a state on the wire to or from a client: at its own LoRA rank when ranks differ."""
-    return ranks.wire_bytes(trainable, client_id) if ranks else payload_bytes(trainable)
+def _wire_bytes(runtime: LocalRuntime, client_id: int, trainable: TensorDict) -> int:
+    """Bytes of a state on the wire to or from a client: at its own LoRA rank when ranks differ, at
+    ``fl.transport_dtype``."""
+    if runtime.ranks:
+        return runtime.ranks.wire_bytes(trainable, client_id, runtime.transport)
+    return payload_bytes(trainable, runtime.transport)
 
 
-def _client_record(rnd: int, u: ClientUpdate, bytes_down: int, extra: int = 0) -> dict[str, Any]:
-    """A client's line in the log; ``extra`` bytes travel each way besides the state (control variates)."""
+def _client_record(rnd: int, u: ClientUpdate, bytes_up: int, bytes_down: int) -> dict[str, Any]:
+    """A client's line in the log."""
     return {
         "type": "client",
         "round": rnd,
@@ -370,8 +374,8 @@ def _client_record(rnd: int, u: ClientUpdate, bytes_down: int, extra: int = 0) -
         "examples": u.num_examples,
         "steps": u.num_steps,
         "train_loss": u.train_loss,
-        "bytes_up": payload_bytes(u.state) + extra,
-        "bytes_down": bytes_down + extra,
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
         "seconds": round(u.seconds, 4),
     }
 
@@ -454,7 +458,8 @@ def stack_download_bytes(state: RunState, client_id: int, rnd: int) -> int:
             last = q
             break
     missing = [state.merged[q] for q in range(max(last, 1), rnd) if q in state.merged]
-    return sum(payload_bytes({"B": b, "A": a}) for pairs in missing for b, a in pairs.values())
+    transport = state.runtime.transport
+    return sum(payload_bytes({"B": b, "A": a}, transport) for pairs in missing for b, a in pairs.values())
 
 
 def flatten_merged(merged: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> TensorDict:
@@ -508,16 +513,15 @@ def fit(state: RunState, progress: RunProgress) -> None:
         # ---- evaluate ----
         test, per_client, client_test = evaluate_global(state) if _should_evaluate(cfg, rnd) else (None, {}, {})
         # ---- record and checkpoint: the round counts as done only once its checkpoint is in place ----
-        extra = strategy.extra_payload_bytes(state.global_state)
-        ranks = state.runtime.ranks
+        # Besides the states: the strategy's extra tensors each way (control variates) and, when stacking,
+        # every stacked pair merged since the client last trained.
+        extra = strategy.extra_payload_bytes(state.global_state, state.runtime.transport)
         records = []
         for u in updates:
-            # Stacking: a client also downloads the stacked pairs merged since it last trained.
             stacks = stack_download_bytes(state, u.client_id, rnd) if state.merged else 0
-            down = _wire_bytes(ranks, u.client_id, sent.get(u.client_id, {})) + stacks
-            records.append(
-                _client_record(rnd, u, down, extra) | {"bytes_up": _wire_bytes(ranks, u.client_id, u.state) + extra}
-            )
+            up = _wire_bytes(state.runtime, u.client_id, u.state) + extra
+            down = _wire_bytes(state.runtime, u.client_id, sent.get(u.client_id, {})) + extra + stacks
+            records.append(_client_record(rnd, u, up, down))
         if not strategy.communicates:
             records = [r | {"bytes_up": 0, "bytes_down": 0} for r in records]
         for r in records:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from fedpeft.models.peft_methods import scaled_lora
-from fedpeft.tensors import TensorDict
+from fedpeft.tensors import TensorDict, payload_bytes
 
 _A, _B = ".lora_A.", ".lora_B."
 
@@ -72,11 +72,12 @@ class ClientRanks:
                 out[key][:, r:] = started_from[key][:, r:]
         return out
 
-    def wire_bytes(self, state: TensorDict, client_id: int) -> int:
-        """Bytes of ``state`` as a rank-r client sends or receives it: r of the R components of each pair."""
+    def wire_bytes(self, state: TensorDict, client_id: int, transport: torch.dtype | None = None) -> int:
+        """Bytes of ``state`` as a rank-r client sends or receives it: r of the R components of each pair
+        (floating-point tensors at ``transport`` if given)."""
         r, big = self.rank_of(client_id), self.global_rank
         total = 0
         for key, value in state.items():
             share = r / big if (_A in key or _B in key) else 1.0
-            total += int(value.numel() * share) * value.element_size()
+            total += int(share * payload_bytes({key: value}, transport))
         return total

@@ -16,7 +16,7 @@ import torch
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, LocalTrainingArgs, count_local_steps, train_client_round
 from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.seeding import numpy_rng, torch_rng_scope
-from fedpeft.tensors import TensorDict
+from fedpeft.tensors import TensorDict, through_transport
 from fedpeft.tensors.batching import TokenizedExample
 
 
@@ -55,6 +55,7 @@ class LocalRuntime:
         args: LocalTrainingArgs,
         seed: int,
         ranks: ClientRanks | None = None,
+        transport: torch.dtype | None = None,
     ):
         self.model = model
         self.client_examples = client_examples
@@ -62,6 +63,8 @@ class LocalRuntime:
         self.seed = seed
         self.ranks = ranks
         """Clients of different LoRA ranks (``peft.client_ranks``); None: all at the global rank."""
+        self.transport = transport
+        """``fl.transport_dtype``: states reach the client and come back rounded to it (None: as they are)."""
 
     def train_round(
         self,
@@ -83,13 +86,14 @@ class LocalRuntime:
             examples = self.client_examples[cid]
             if on_client_start is not None:
                 on_client_start(cid, count_local_steps(len(examples), self.args))
-            start = (client_states or {}).get(cid, global_state)
+            start = through_transport((client_states or {}).get(cid, global_state), self.transport)
             view = self.ranks.to_client(start, cid) if self.ranks else start
             scaling = self.ranks.client_scaling(self.model, cid) if self.ranks else nullcontext()
             rng: np.random.Generator = numpy_rng(self.seed, "train", server_round, cid)
             with torch_rng_scope(self.seed, "train", server_round, cid), scaling:
                 hook = hook_for(cid, view) if hook_for is not None else None
                 update = train_client_round(self.model, cid, view, examples, self.args, rng, on_step=on_step, hook=hook)
+            update = replace(update, state=through_transport(update.state, self.transport))
             if self.ranks:
                 update = replace(update, state=self.ranks.from_client(update.state, start, cid))
             updates.append(update)

@@ -100,8 +100,9 @@ class Strategy(ABC):
         """What the client round must add to local training for this strategy (None: nothing)."""
         return None
 
-    def extra_payload_bytes(self, global_state: TensorDict) -> int:
-        """Bytes a client exchanges per direction besides its trainable state (e.g. control variates)."""
+    def extra_payload_bytes(self, global_state: TensorDict, transport: torch.dtype | None = None) -> int:
+        """Bytes a client exchanges per direction besides its trainable state (e.g. control variates),
+        floating-point tensors counted at ``transport`` if given."""
         return 0
 
     def round_figures(self) -> dict[str, float]:

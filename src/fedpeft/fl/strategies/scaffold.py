@@ -82,8 +82,8 @@ class Scaffold(Strategy):
         c_i = self.c_clients.get(client_id) or self._zeros(global_state)
         return DriftCorrection({k: (c[k] - c_i[k]).to(torch.float32) for k in global_state})
 
-    def extra_payload_bytes(self, global_state: TensorDict) -> int:
-        return payload_bytes(global_state)
+    def extra_payload_bytes(self, global_state: TensorDict, transport: torch.dtype | None = None) -> int:
+        return payload_bytes(global_state, transport)
 
     def _summed_lr(self, steps: int) -> float:
         args = self.context.args
