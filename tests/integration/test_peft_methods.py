@@ -37,8 +37,15 @@ def logits(model, examples, pad_id, task):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
-@pytest.mark.parametrize("task", ["instruction", "defect"])
-@pytest.mark.parametrize(("method", "extra"), METHODS, ids=lambda v: v if isinstance(v, str) else "-".join(v) or "")
+CASES = [("instruction", m, e) for m, e in METHODS] + [
+    ("defect", m, e) for m, e in METHODS if m in ("ia3", "prompt", "full") or "peft.use_dora=true" in e
+]  # a classification head (modules_to_save) with each kind of method
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "method", "extra"), CASES, ids=lambda v: v if isinstance(v, str) else "-".join(v) or ""
+)
 def test_method_trains_only_its_tensors_and_reloads_with_its_library(micro_config, tmp_path, method, extra, task):
     config = micro_config(f"peft.method={method}", f"data.task={task}", "peft.target_modules=auto", *extra)
     state = setup(config, tmp_path)

@@ -28,7 +28,8 @@ def test_overrides_parse_yaml_values():
     [
         (
             "fl.bogus=1",
-            "unknown key 'fl.bogus'; valid keys in fl: clients, rounds, fraction, strategy, strategy_args, lora_aggregation, seed",
+            "unknown key 'fl.bogus'; valid keys in fl: clients, rounds, fraction, strategy, strategy_args, "
+            "lora_aggregation, transport_dtype, seed",
         ),
         ("nosuch.x=1", "unknown key 'nosuch'; valid keys in top level: recipe, model, peft"),
         ("fl.fraction=0", "fl.fraction: must be in (0, 1], got 0.0"),
