@@ -205,3 +205,14 @@ def test_compare_checks_every_entry_before_training_any(micro_config, tmp_path):
         compare("default", "fedprox", [*MICRO, "fl.strategy_args.mu=0.5"], out=tmp_path / "c3", quiet=True)
     entry = parse_entries("fedkd:data.server_split=shared:alpha=0.3")[0]
     assert entry.overrides == ("data.server_split=shared", "fl.strategy_args.alpha=0.3")
+
+
+def test_compare_entries_can_differ_by_peft_method(tmp_path):
+    from tests.integration.conftest import MICRO
+
+    root, rows = compare(
+        "default", "fedavg,fedavg:peft.method=ia3", [*MICRO, "fl.rounds=1"], out=tmp_path / "m", quiet=True, log=print
+    )
+    lora, ia3 = rows
+    assert 0 < ia3["trainable"] < lora["trainable"] and ia3["megabytes"] < lora["megabytes"]
+    assert f"| fedavg:peft.method=ia3 | {ia3['final']:.4f} |" in (root / "compare.md").read_text()

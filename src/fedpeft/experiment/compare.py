@@ -128,6 +128,8 @@ def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:
         "best": max(values) if higher_better else min(values),
         "final_loss": last["eval"]["loss"],
         "client_val": sum(client_values) / len(client_values) if client_values else None,
+        "trainable": summary["trainable_parameters"],
+        "trainable_percent": summary["trainable_percent"],
         "megabytes": (summary["bytes_up"] + summary["bytes_down"]) / 1e6,
         "seconds": summary["rounds_seconds"],
         "curve": [(r["round"], r["eval"][metric]) for r in rounds],
@@ -137,15 +139,15 @@ def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     metric = rows[0]["metric"]
     lines = [
-        f"| strategy | final {metric} | best {metric} | final test loss | mean client-val {metric} | MB exchanged "
-        "| seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| entry | final {metric} | best {metric} | final test loss | mean client-val {metric} | trainable "
+        "(% of model) | MB exchanged | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         client = "-" if r["client_val"] is None else f"{r['client_val']:.4f}"
         lines.append(
             f"| {r['strategy']} | {r['final']:.4f} | {r['best']:.4f} | {r['final_loss']:.4f} | {client} | "
-            f"{r['megabytes']:.2f} | {r['seconds']:.1f} |"
+            f"{r['trainable']:,} ({r['trainable_percent']:.3g}%) | {r['megabytes']:.2f} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
