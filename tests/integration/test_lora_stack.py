@@ -77,7 +77,10 @@ def test_interrupted_stacked_run_resumes_exactly(micro_config, monkeypatch):
     a = (full_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     assert a == (info.value.run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     ca, cb = (load_checkpoint(list_checkpoints(d)[-1]) for d in (full_dir, info.value.run_dir))
-    assert ca.merged.keys() == cb.merged.keys() and all(torch.equal(ca.merged[k], cb.merged[k]) for k in ca.merged)
+    assert ca.merged.keys() == cb.merged.keys() == {1, 2, 3}
+    for rnd, pairs in ca.merged.items():
+        assert pairs.keys() == cb.merged[rnd].keys()
+        assert all(torch.equal(x, y) for k in pairs for x, y in zip(pairs[k], cb.merged[rnd][k], strict=True))
 
 
 def test_a_rank_2_client_trains_only_two_components_at_its_own_scaling(micro_config, tmp_path):
@@ -124,9 +127,7 @@ def test_a_stacking_client_downloads_every_round_merged_since_it_last_trained(mi
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     sampled = {r["round"]: r["clients"] for r in records if r["type"] == "round" and r["round"] > 0}
     merged = load_checkpoint(list_checkpoints(run_dir)[-1]).merged
-    round_bytes = {
-        q: sum(t.numel() * t.element_size() for k, t in merged.items() if k.startswith(f"{q}/")) for q in sampled
-    }
+    round_bytes = {q: sum(t.numel() * t.element_size() for ba in merged[q].values() for t in ba) for q in sampled}
     adapter_bytes = {}  # a client's own adapter at its rank (2 or 4 of 4 components), from its round-1 download
     for r in (x for x in records if x["type"] == "client"):
         earlier = [q for q in sampled if q < r["round"] and r["client"] in sampled[q]]

@@ -52,11 +52,16 @@ from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.sampling import clients_per_round, sample_clients
 from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
 from fedpeft.models.base import load_base_model
-from fedpeft.models.peft_methods import PeftSpec, apply_peft, lora_layer_name, lora_scaling, merge_into_base, reset_lora
+from fedpeft.models.peft_methods import PeftSpec, apply_peft, merge_pairs, reset_lora, save_stacked_lora
 from fedpeft.models.state import get_trainable_state, set_trainable_state
 from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
-from fedpeft.reporting.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from fedpeft.reporting.checkpoint import (
+    Checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fedpeft.reporting.plots import plot_losses, plot_mixing_matrix, plot_partition_heatmap
 from fedpeft.runtime.local import LocalRuntime
 from fedpeft.seeding import numpy_rng, torch_rng_scope
@@ -415,39 +420,6 @@ def merge_stacked_round(
     return get_trainable_state(state.model) | {k: v.clone() for k, v in rest.items()}
 
 
-def save_stacked_adapter(state: RunState, where: Path) -> None:
-    """Rewrite the adapter in ``where`` as one LoRA adapter holding every merged round: per pair the
-    concatenation of all stacked pairs, rank R_total, with lora_alpha = scaling x R_total so that peft's
-    alpha / r scaling is the run's. Loaded on the original base it gives the run's merged model."""
-    import json
-
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    scale = lora_scaling(state.model)
-    rounds = list(state.merged.values())
-    tensors = dict(state.global_state)
-    for a_key in rounds[0]:
-        b_key = a_key.replace(".lora_A.", ".lora_B.")
-        dtype = state.global_state[a_key].dtype
-        tensors[b_key] = torch.cat([r[a_key][0] for r in rounds], dim=1).to(dtype)
-        tensors[a_key] = torch.cat([r[a_key][1] for r in rounds], dim=0).to(dtype)
-    total_rank = next(iter(tensors[k] for k in rounds[0])).shape[0]
-    saved = get_peft_model_state_dict(state.model, state_dict=tensors)
-    save_file({k: v.contiguous() for k, v in saved.items()}, str(where / "adapter_model.safetensors"))
-    config_path = where / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    config.update(r=total_rank, lora_alpha=scale * total_rank)
-    config_path.write_text(json.dumps(config, indent=2))
-
-
-def merge_pairs(model: torch.nn.Module, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Add scaling * B A of every stacked pair to the frozen base weight it adapts."""
-    scale = lora_scaling(model)
-    for a_key, (b, a) in pairs.items():
-        merge_into_base(model, lora_layer_name(a_key), scale * (b.to(torch.float64) @ a.to(torch.float64)))
-
-
 def stack_download_bytes(state: RunState, client_id: int, rnd: int) -> int:
     """Stacked pairs a client downloads before round ``rnd``: every round merged since it last trained
     (its base must hold them all), found by replaying the seeded sampling of the earlier rounds."""
@@ -460,24 +432,6 @@ def stack_download_bytes(state: RunState, client_id: int, rnd: int) -> int:
     missing = [state.merged[q] for q in range(max(last, 1), rnd) if q in state.merged]
     transport = state.runtime.transport
     return sum(payload_bytes({"B": b, "A": a}, transport) for pairs in missing for b, a in pairs.values())
-
-
-def flatten_merged(merged: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> TensorDict:
-    return {
-        f"{rnd}/{key}/{part}": t
-        for rnd, pairs in merged.items()
-        for key, ba in pairs.items()
-        for part, t in zip("BA", ba, strict=True)
-    }
-
-
-def unflatten_merged(flat: TensorDict) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    parts: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
-    for name, tensor in flat.items():
-        rnd, rest = name.split("/", 1)
-        key, part = rest.rsplit("/", 1)
-        parts.setdefault(int(rnd), {}).setdefault(key, {})[part] = tensor
-    return {rnd: {k: (p["B"], p["A"]) for k, p in pairs.items()} for rnd, pairs in sorted(parts.items())}
 
 
 def fit(state: RunState, progress: RunProgress) -> None:
@@ -555,7 +509,7 @@ def fit(state: RunState, progress: RunProgress) -> None:
                 strategy_state=strategy.state_dict(),
                 extra={"rng": "derived from fl.seed per (purpose, round, client); no state to restore"},
                 client_states=state.client_states,
-                merged=flatten_merged(state.merged),
+                merged=state.merged,
             ),
             keep=cfg.output.keep_checkpoints,
         )
@@ -585,7 +539,7 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
             state.model.save_pretrained(tmp)
             state.tokenizer.save_pretrained(tmp)
             if state.merged:
-                save_stacked_adapter(state, tmp)
+                save_stacked_lora(state.model, state.global_state, list(state.merged.values()), tmp)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
     if rounds:
@@ -642,7 +596,7 @@ def _restore(state: RunState) -> None:
         state.strategy.load_state_dict(ckpt.strategy_state)
         # Stacked rounds are re-merged into the fresh base in round order: the same additions, in the
         # same order, as the uninterrupted run made.
-        state.merged = unflatten_merged(ckpt.merged)
+        state.merged = ckpt.merged
         for pairs in state.merged.values():
             merge_pairs(state.model, pairs)
 

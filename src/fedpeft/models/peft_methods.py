@@ -3,9 +3,11 @@ fine-tuning; and the in-place LoRA layer operations that federated aggregation n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -215,3 +217,39 @@ def reset_lora(model: torch.nn.Module) -> None:
     for layer in lora_layers(model).values():
         for adapter in list(layer.lora_A):
             layer.reset_lora_parameters(adapter, True)
+
+
+def merge_pairs(model: torch.nn.Module, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Add scaling * B A of every stacked pair to the frozen base weight it adapts."""
+    scale = lora_scaling(model)
+    for a_key, (b, a) in pairs.items():
+        merge_into_base(model, lora_layer_name(a_key), scale * (b.to(torch.float64) @ a.to(torch.float64)))
+
+
+def save_stacked_lora(
+    model: torch.nn.Module,
+    trainable: dict[str, torch.Tensor],
+    merged: list[dict[str, tuple[torch.Tensor, torch.Tensor]]],
+    where: Path,
+) -> None:
+    """Rewrite the adapter that ``model.save_pretrained`` wrote in ``where`` as one LoRA adapter holding every
+    merged round of stacked pairs (per pair their concatenation, rank R_total) with lora_alpha = scaling x
+    R_total, so that peft's alpha / r is the run's scaling. Loaded on the original base it gives the model
+    with every round merged; ``trainable`` supplies the other tensors (a classification head)."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    scale = lora_scaling(model)
+    tensors = dict(trainable)
+    for a_key in merged[0]:
+        b_key = a_key.replace(_LORA_A, _LORA_B)
+        dtype = trainable[a_key].dtype
+        tensors[b_key] = torch.cat([r[a_key][0] for r in merged], dim=1).to(dtype)
+        tensors[a_key] = torch.cat([r[a_key][1] for r in merged], dim=0).to(dtype)
+    total_rank = tensors[next(iter(merged[0]))].shape[0]
+    saved = get_peft_model_state_dict(model, state_dict=tensors)
+    save_file({k: v.contiguous() for k, v in saved.items()}, str(where / "adapter_model.safetensors"))
+    config_path = where / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(r=total_rank, lora_alpha=scale * total_rank)
+    config_path.write_text(json.dumps(config, indent=2))

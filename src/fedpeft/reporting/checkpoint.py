@@ -33,8 +33,8 @@ class Checkpoint:
     strategy_state: dict[str, Any]
     extra: dict[str, Any]
     client_states: dict[int, TensorDict] = field(default_factory=dict)
-    merged: TensorDict = field(default_factory=dict)
-    """``lora_aggregation=stack``: every round's stacked LoRA pairs merged into the base so far."""
+    merged: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    """``lora_aggregation=stack``: round -> LoRA A key -> the stacked (B, A) merged into the base so far."""
 
 
 def _split_tensors(state: dict[str, Any]) -> tuple[TensorDict, dict[str, Any]]:
@@ -56,7 +56,8 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int) -> Path:
         flat = {f"{cid}/{k}": v.contiguous() for cid, state in ckpt.client_states.items() for k, v in state.items()}
         save_file(flat, str(tmp / "clients.safetensors"))
     if ckpt.merged:
-        save_file({k: v.contiguous() for k, v in ckpt.merged.items()}, str(tmp / "merged.safetensors"))
+        flat = {k: v.contiguous() for k, v in flatten_merged(ckpt.merged).items()}
+        save_file(flat, str(tmp / "merged.safetensors"))
     meta = {"format": FORMAT_VERSION, "round": ckpt.round, "strategy": strategy_rest, **ckpt.extra}
     (tmp / "state.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(final, ignore_errors=True)
@@ -86,7 +87,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         for key, tensor in load_file(str(path / "clients.safetensors")).items():
             cid, name = key.split("/", 1)
             clients.setdefault(int(cid), {})[name] = tensor
-    merged = load_file(str(path / "merged.safetensors")) if (path / "merged.safetensors").exists() else {}
+    merged = {}
+    if (path / "merged.safetensors").exists():
+        merged = unflatten_merged(load_file(str(path / "merged.safetensors")))
     rnd = meta.pop("round")
     meta.pop("format")
     return Checkpoint(
@@ -97,3 +100,21 @@ def load_checkpoint(path: Path) -> Checkpoint:
         client_states=clients,
         merged=merged,
     )
+
+
+def flatten_merged(merged: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> TensorDict:
+    return {
+        f"{rnd}/{key}/{part}": t
+        for rnd, pairs in merged.items()
+        for key, ba in pairs.items()
+        for part, t in zip("BA", ba, strict=True)
+    }
+
+
+def unflatten_merged(flat: TensorDict) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    parts: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
+    for name, tensor in flat.items():
+        rnd, rest = name.split("/", 1)
+        key, part = rest.rsplit("/", 1)
+        parts.setdefault(int(rnd), {}).setdefault(key, {})[part] = tensor
+    return {rnd: {k: (p["B"], p["A"]) for k, p in pairs.items()} for rnd, pairs in sorted(parts.items())}
