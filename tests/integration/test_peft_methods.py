@@ -10,8 +10,10 @@ from peft import PeftModel
 
 from fedpeft.config import ConfigError
 from fedpeft.data.text_tasks import TASK_HEADS, TASK_NUM_LABELS
-from fedpeft.experiment.run import run_experiment, setup
+from fedpeft.experiment.run import peft_spec, run_experiment, setup
 from fedpeft.models.base import load_base_model
+from fedpeft.models.bottleneck import BOTTLENECK_KINDS, load_bottleneck
+from fedpeft.models.peft_methods import save_trained
 from fedpeft.models.state import set_trainable_state
 from fedpeft.seeding import torch_rng_scope
 from fedpeft.tensors import payload_bytes
@@ -25,6 +27,9 @@ METHODS = [
     ("prompt", ["peft.num_virtual_tokens=4"]),
     ("ptuning", ["peft.num_virtual_tokens=4"]),
     ("prefix", ["peft.num_virtual_tokens=4"]),
+    ("adapter_h", ["peft.bottleneck_size=8"]),
+    ("adapter_p", ["peft.bottleneck_size=8", "peft.bottleneck_activation=relu"]),
+    ("parallel", ["peft.bottleneck_size=8"]),
     ("full", []),
 ]
 
@@ -38,7 +43,7 @@ def logits(model, examples, pad_id, task):
 
 
 CASES = [("instruction", m, e) for m, e in METHODS] + [
-    ("defect", m, e) for m, e in METHODS if m in ("ia3", "prompt", "full") or "peft.use_dora=true" in e
+    ("defect", m, e) for m, e in METHODS if m in ("ia3", "prompt", "adapter_h", "full") or "peft.use_dora=true" in e
 ]  # a classification head (modules_to_save) with each kind of method
 
 
@@ -65,7 +70,7 @@ def test_method_trains_only_its_tensors_and_reloads_with_its_library(micro_confi
     pad = state.tokenizer.pad_token_id
     examples = state.data.test[:3]
     expected = logits(state.model, examples, pad, task)
-    state.model.save_pretrained(tmp_path / "saved")
+    save_trained(state.model, tmp_path / "saved", peft_spec(config))
 
     head = TASK_HEADS[task]
     if method == "full":
@@ -76,11 +81,14 @@ def test_method_trains_only_its_tensors_and_reloads_with_its_library(micro_confi
     else:
         with torch_rng_scope(0, "init", 1):
             base = load_base_model("builtin:micro", "float32", head, TASK_NUM_LABELS.get(task, 2)).model
-        reloaded = PeftModel.from_pretrained(base, str(tmp_path / "saved"))
+        if method in BOTTLENECK_KINDS:
+            reloaded = load_bottleneck(base, tmp_path / "saved")
+        else:
+            reloaded = PeftModel.from_pretrained(base, str(tmp_path / "saved"))
     torch.testing.assert_close(logits(reloaded, examples, pad, task), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["ia3", "prompt", "full"])
+@pytest.mark.parametrize("method", ["ia3", "prompt", "adapter_p", "full"])
 def test_other_methods_run_federated_end_to_end(micro_config, method):
     run_dir, summary = run_experiment(micro_config(f"peft.method={method}", "peft.target_modules=auto"), quiet=True)
     assert summary["status"] == "completed" and summary["bytes_up"] > 0
@@ -120,3 +128,13 @@ def test_transport_dtype_rounds_what_travels_and_counts_its_bytes(micro_config, 
     rounded = through_transport(state.global_state, torch.float16)
     assert any(not torch.equal(rounded[k], state.global_state[k]) for k in rounded)
     assert all(rounded[k].dtype == state.global_state[k].dtype for k in rounded)
+
+
+def test_bottleneck_adapters_on_an_architecture_without_decoder_blocks_name_what_applies():
+    from transformers import BertConfig, BertModel
+
+    from fedpeft.models.peft_methods import PeftSpec, apply_peft
+
+    bert = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(ValueError, match="peft.method=adapter_p finds no decoder blocks .* model type 'bert'"):
+        apply_peft(bert, PeftSpec("adapter_p"), "embedding")

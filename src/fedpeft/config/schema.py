@@ -17,10 +17,11 @@ class ModelConfig(Section):
 
 
 class PeftConfig(Section):
-    method: Literal["lora", "ia3", "prompt", "ptuning", "prefix", "full"] = Field(
+    method: Literal["lora", "ia3", "prompt", "ptuning", "prefix", "adapter_h", "adapter_p", "parallel", "full"] = Field(
         "lora",
         description="lora (with use_rslora / use_dora), ia3, prompt (prompt tuning), ptuning (P-tuning: a prompt "
-        "encoder), prefix (prefix tuning), or full (every weight trains and travels).",
+        "encoder), prefix (prefix tuning), adapter_h / adapter_p / parallel (Houlsby, Pfeiffer and parallel "
+        "bottleneck adapters), or full (every weight trains and travels).",
     )
     r: int = Field(8, description="LoRA rank (> 0).")
     alpha: float = Field(16.0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
@@ -31,6 +32,10 @@ class PeftConfig(Section):
     use_rslora: bool = Field(False, description="LoRA: scale by alpha / sqrt(r) (rank-stabilised LoRA).")
     use_dora: bool = Field(False, description="LoRA: DoRA, a trained magnitude per output on top of LoRA.")
     num_virtual_tokens: int = Field(20, gt=0, description="prompt / ptuning / prefix: learned virtual tokens.")
+    bottleneck_size: int = Field(64, gt=0, description="adapter_h / adapter_p / parallel: bottleneck width.")
+    bottleneck_activation: Literal["tanh", "relu", "gelu"] = Field(
+        "tanh", description="adapter_h / adapter_p / parallel: the bottleneck's non-linearity (S2: tanh)."
+    )
     client_ranks: list[int] | None = Field(
         None,
         description="LoRA rank of each client (client c trains rank client_ranks[c % len]) inside the global "

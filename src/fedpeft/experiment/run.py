@@ -52,7 +52,14 @@ from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.sampling import clients_per_round, sample_clients
 from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
 from fedpeft.models.base import load_base_model
-from fedpeft.models.peft_methods import PeftSpec, apply_peft, merge_pairs, reset_lora, save_stacked_lora
+from fedpeft.models.peft_methods import (
+    PeftSpec,
+    apply_peft,
+    merge_pairs,
+    reset_lora,
+    save_stacked_lora,
+    save_trained,
+)
 from fedpeft.models.state import get_trainable_state, set_trainable_state
 from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
@@ -136,6 +143,8 @@ def peft_spec(config: RunConfig) -> PeftSpec:
         use_rslora=p.use_rslora,
         use_dora=p.use_dora,
         num_virtual_tokens=p.num_virtual_tokens,
+        bottleneck_size=p.bottleneck_size,
+        bottleneck_activation=p.bottleneck_activation,
     )
 
 
@@ -536,7 +545,7 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
             final, tmp = run_dir / where, run_dir / f"{where}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             set_trainable_state(state.model, trainable)
-            state.model.save_pretrained(tmp)
+            save_trained(state.model, tmp, peft_spec(state.config))
             state.tokenizer.save_pretrained(tmp)
             if state.merged:
                 save_stacked_lora(state.model, state.global_state, list(state.merged.values()), tmp)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from fedpeft.models.bottleneck import ADAPTER_NAME, BOTTLENECK_KINDS, add_bottlenecks, save_bottleneck
+
 # Attention projections per architecture, used when target_modules is "auto".
 AUTO_TARGETS = {
     "llama": ["q_proj", "v_proj"],
@@ -67,6 +69,8 @@ class PeftSpec:
     use_rslora: bool = False
     use_dora: bool = False
     num_virtual_tokens: int = 20
+    bottleneck_size: int = 64
+    bottleneck_activation: str = "tanh"
 
 
 def _lora_config(model: torch.nn.Module, spec: PeftSpec, task_type: str):
@@ -115,7 +119,9 @@ def _prompt_config(model: torch.nn.Module, spec: PeftSpec, task_type: str):
 
 
 PEFT_BUILDERS = {"lora": _lora_config, "ia3": _ia3_config, **dict.fromkeys(PROMPT_METHODS, _prompt_config)}
-PEFT_METHODS = (*PEFT_BUILDERS, "full")
+PEFT_METHODS = (*PEFT_BUILDERS, *BOTTLENECK_KINDS, "full")
+HEAD_MODULES = ("score",)
+"""Task heads a non-peft method trains and saves with its adapters (peft's modules_to_save)."""
 
 
 def apply_peft(model: torch.nn.Module, spec: PeftSpec, head: str = "causal_lm") -> torch.nn.Module:
@@ -128,6 +134,13 @@ def apply_peft(model: torch.nn.Module, spec: PeftSpec, head: str = "causal_lm") 
     if spec.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
+        return model
+    if spec.method in BOTTLENECK_KINDS:
+        model.requires_grad_(False)
+        add_bottlenecks(model, spec.method, spec.bottleneck_size, spec.bottleneck_activation)
+        for name, p in model.named_parameters():
+            if f".{ADAPTER_NAME}." in name or (head == "sequence_classification" and name.startswith(HEAD_MODULES)):
+                p.requires_grad_(True)
         return model
     if spec.method not in PEFT_BUILDERS:
         raise ValueError(f"unknown peft.method {spec.method!r}; valid: {', '.join(PEFT_METHODS)}")
@@ -253,3 +266,12 @@ def save_stacked_lora(
     config = json.loads(config_path.read_text())
     config.update(r=total_rank, lora_alpha=scale * total_rank)
     config_path.write_text(json.dumps(config, indent=2))
+
+
+def save_trained(model: torch.nn.Module, where: Path, spec: PeftSpec) -> None:
+    """Write what a run trained in the method's own format: a peft adapter directory, a bottleneck adapter
+    directory (:mod:`fedpeft.models.bottleneck`), or a whole transformers model for ``full``."""
+    if spec.method in BOTTLENECK_KINDS:
+        save_bottleneck(model, where, spec.method, spec.bottleneck_size, spec.bottleneck_activation)
+    else:
+        model.save_pretrained(where)
