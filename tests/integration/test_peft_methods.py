@@ -138,3 +138,16 @@ def test_bottleneck_adapters_on_an_architecture_without_decoder_blocks_name_what
     bert = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
     with pytest.raises(ValueError, match="peft.method=adapter_p finds no decoder blocks .* model type 'bert'"):
         apply_peft(bert, PeftSpec("adapter_p"), "embedding")
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter_h", "full"])
+def test_gradient_checkpointing_gives_the_same_client_update(micro_config, tmp_path, method):
+    plain = setup(micro_config(f"peft.method={method}"), tmp_path)
+    checkpointed = setup(micro_config(f"peft.method={method}", "train.gradient_checkpointing=true"), tmp_path)
+    base = checkpointed.model.get_base_model() if hasattr(checkpointed.model, "get_base_model") else checkpointed.model
+    assert base.is_gradient_checkpointing
+    (a,) = plain.runtime.train_round(1, [0], plain.global_state)
+    (b,) = checkpointed.runtime.train_round(1, [0], checkpointed.global_state)
+    assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
+    for key in a.state:
+        torch.testing.assert_close(a.state[key], b.state[key], rtol=1e-5, atol=1e-6)

@@ -171,6 +171,10 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of a round's local steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables clipping.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them (less memory, ~30% more time).",
+    )
 
     @model_validator(mode="after")
     def _accumulation(self) -> TrainConfig:

@@ -55,6 +55,7 @@ from fedpeft.models.base import load_base_model
 from fedpeft.models.peft_methods import (
     PeftSpec,
     apply_peft,
+    enable_gradient_checkpointing,
     merge_pairs,
     reset_lora,
     save_stacked_lora,
@@ -214,6 +215,8 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     # The adapter's initial weights come from the init generator: the same seed, the same start.
     with torch_rng_scope(seed, "init"), _as_config_error():
         model = apply_peft(base.model, peft_spec(config), head)
+        if config.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
     model.eval()
     args = LocalTrainingArgs(
         epochs=config.train.epochs,

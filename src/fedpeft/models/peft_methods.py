@@ -275,3 +275,13 @@ def save_trained(model: torch.nn.Module, where: Path, spec: PeftSpec) -> None:
         save_bottleneck(model, where, spec.method, spec.bottleneck_size, spec.bottleneck_activation)
     else:
         model.save_pretrained(where)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each block's activations in the backward pass (transformers' non-reentrant checkpointing,
+    which also replays dropout exactly, so the gradients are those of the plain pass)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        model_type = getattr(getattr(inner, "config", None), "model_type", "?")
+        raise ValueError(f"train.gradient_checkpointing: model type {model_type!r} does not support it; set it false")
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
