@@ -61,7 +61,7 @@ from fedpeft.models.peft_methods import (
     save_stacked_lora,
     save_trained,
 )
-from fedpeft.models.state import get_trainable_state, set_trainable_state
+from fedpeft.models.state import get_trainable_state, set_trainable_state, trainable_parameters
 from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.checkpoint import (
@@ -302,7 +302,7 @@ def check_strategy_fits(
     """Every check of a strategy against a built run (ValueError naming what is missing); ``setup`` and
     ``fedpeft compare``'s preflight both call it, so a comparison entry fails exactly as its run would."""
     strategy.check_round_size(clients_per_round(config.fl.clients, config.fl.fraction))
-    check_lora_aggregation(config.fl.lora_aggregation, get_trainable_state(model))
+    check_lora_aggregation(config.fl.lora_aggregation, trainable_parameters(model))  # names only: no copy
     if config.fl.lora_aggregation == "stack":
         check_stackable(strategy)
     if strategy.personalised and config.data.task in THRESHOLD_ON_VALIDATION:

@@ -105,14 +105,18 @@ def aggregate_personalised_round(
     client's mix is re-factored to its rank."""
     weights = strategy.mixing_matrix(updates, server_round)
     weights = weights.to(torch.float64) / weights.to(torch.float64).sum(1, keepdim=True)
-    if mode == "separate":
-        return mix_states([u.state for u in updates], weights), weights, strategy.round_figures()
-    mixed = mix_states([to_product_space(u.state) for u in updates], weights)
-    states, residuals = [], []
+    # A client whose row is its own unit vector (local training, warm-up rounds) keeps its update as it is:
+    # nothing to mix, and in product mode no re-factoring of factors it trained.
     identity = torch.eye(len(updates), dtype=torch.float64)
-    for i, (m, u) in enumerate(zip(mixed, updates, strict=True)):
-        if torch.equal(weights[i], identity[i]):
-            states.append(u.state)  # a client that keeps only its own update keeps its own factors
+    alone = [torch.equal(weights[i], identity[i]) for i in range(len(updates))]
+    if all(alone):
+        return [u.state for u in updates], weights, strategy.round_figures()
+    product = mode != "separate"
+    mixed = mix_states([to_product_space(u.state) if product else u.state for u in updates], weights)
+    states, residuals = [], []
+    for m, u, own in zip(mixed, updates, alone, strict=True):
+        if own or not product:
+            states.append(u.state if own else m)
             continue
         state, residual = from_product_space(m, u.state)
         states.append(state)

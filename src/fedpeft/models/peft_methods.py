@@ -155,20 +155,6 @@ def apply_peft(model: torch.nn.Module, spec: PeftSpec, head: str = "causal_lm") 
         ) from None
 
 
-def apply_lora(
-    model: torch.nn.Module,
-    *,
-    r: int,
-    alpha: float,
-    dropout: float,
-    target_modules: list[str] | str,
-    head: str = "causal_lm",
-) -> torch.nn.Module:
-    """LoRA with plain settings (kept for callers that only ever want LoRA)."""
-    spec = PeftSpec("lora", r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
-    return apply_peft(model, spec, head)
-
-
 # ---- LoRA layers in place: per-client scaling, merging stacked updates into the base, re-initialising ----
 
 _LORA_A, _LORA_B = ".lora_A.", ".lora_B."
