@@ -42,9 +42,18 @@ def logits(model, examples, pad_id, task):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
-CASES = [("instruction", m, e) for m, e in METHODS] + [
-    ("defect", m, e) for m, e in METHODS if m in ("ia3", "prompt", "adapter_h", "full") or "peft.use_dora=true" in e
-]  # a classification head (modules_to_save) with each kind of method
+CASES = (
+    [("instruction", m, e) for m, e in METHODS]
+    + [("defect", m, e) for m, e in METHODS if m in ("ia3", "prompt", "adapter_h", "full") or "peft.use_dora=true" in e]
+    # a classification head (modules_to_save) with each kind of method; then quantised bases (bitsandbytes'
+    # CPU backend): QLoRA, LoRA on LLM.int8, a bottleneck adapter and prompt tuning on a 4-bit base
+    + [
+        ("instruction", "lora", ["model.quantization=4bit"]),
+        ("instruction", "lora", ["model.quantization=8bit"]),
+        ("instruction", "adapter_h", ["model.quantization=4bit", "peft.bottleneck_size=8"]),
+        ("instruction", "prompt", ["model.quantization=4bit", "peft.num_virtual_tokens=4"]),
+    ]
+)
 
 
 @pytest.mark.slow
@@ -57,6 +66,9 @@ def test_method_trains_only_its_tensors_and_reloads_with_its_library(micro_confi
     frozen = {n: p.detach().clone() for n, p in state.model.named_parameters() if not p.requires_grad}
     trainable = {n: p for n, p in state.model.named_parameters() if p.requires_grad}
     assert (not frozen) == (method == "full")
+    if config.model.quantization != "none":  # the base's linear layers really are bitsandbytes layers
+        kinds = {type(m).__name__ for m in state.model.modules()}
+        assert {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}[config.model.quantization] in kinds
 
     (update,) = state.runtime.train_round(1, [0], state.global_state)
     # The payload is exactly the trainable tensors, and training changed them.
@@ -80,7 +92,9 @@ def test_method_trains_only_its_tensors_and_reloads_with_its_library(micro_confi
         reloaded = auto.from_pretrained(tmp_path / "saved")
     else:
         with torch_rng_scope(0, "init", 1):
-            base = load_base_model("builtin:micro", "float32", head, TASK_NUM_LABELS.get(task, 2)).model
+            base = load_base_model(
+                "builtin:micro", "float32", head, TASK_NUM_LABELS.get(task, 2), quantization=config.model.quantization
+            ).model
         if method in BOTTLENECK_KINDS:
             reloaded = load_bottleneck(base, tmp_path / "saved")
         else:

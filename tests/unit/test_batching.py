@@ -64,3 +64,37 @@ def test_token_loss_matches_the_models_own_loss_for_causal_and_seq2seq_heads():
         assert objective.count(batch) == 6  # 4 + 2 response tokens, EOS included
         theirs = model(**batch).loss
         torch.testing.assert_close(ours, theirs)
+
+
+def test_pack_rows_is_first_fit_decreasing_within_capacity():
+    from fedpeft.tensors.batching import pack_rows
+
+    lengths = [3, 7, 2, 5, 4, 9]
+    rows = pack_rows(lengths, capacity=10)
+    # By hand, longest first: 9 -> row A (room 1); 7 -> row B (room 3); 5 -> row C (room 5); 4 -> first row
+    # with room is C (room 1); 3 -> B (room 0); 2 -> rooms are 1, 0, 1 -> row D.
+    assert rows == [[5], [1, 0], [3, 4], [2]]
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 10 for row in rows)
+    assert pack_rows([12, 1], capacity=10) == [[0], [1]]  # too long for any row: a row of its own
+
+
+def test_packed_batches_restart_positions_and_score_the_same_tokens():
+    from fedpeft.tensors.batching import collate_packed_causal_lm
+
+    ex = [TokenizedExample((5, 6, 7, 8), prompt_len=2), TokenizedExample((9, 10, 11), prompt_len=1)]
+    m = IGNORE_INDEX
+    for mask_prompt in (True, False):
+        packed = collate_packed_causal_lm(ex, pad_id=0, mask_prompt=mask_prompt, capacity=8)
+        assert "attention_mask" not in packed
+        assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11]]
+        assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
+        # The second document's first token would be predicted from the first's last: never a target.
+        first = [m, m, 7, 8] if mask_prompt else [m, 6, 7, 8]
+        assert packed["labels"].tolist() == [first + [m, 10, 11]]
+        padded = collate_causal_lm(ex, pad_id=0, mask_prompt=mask_prompt)
+        assert count_target_tokens(packed["labels"]) == count_target_tokens(padded["labels"])
+    two_rows = collate_packed_causal_lm(ex, pad_id=0, mask_prompt=True, capacity=5)
+    assert two_rows["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 11, 0]]
+    assert two_rows["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 0]]  # padding: its own document
+    assert two_rows["labels"].tolist() == [[m, m, 7, 8], [m, 10, 11, m]]

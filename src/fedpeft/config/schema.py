@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -13,7 +14,24 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     name: str = Field("builtin:small", description="Hub id, local model directory, or builtin:small / tiny / micro.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the frozen base.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype of the frozen base (with quantization=4bit: the compute dtype)."
+    )
+    device: str = Field(
+        "auto", description="Where the model runs: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N."
+    )
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none",
+        description="Load the base's linear weights through bitsandbytes: 8bit (LLM.int8) or 4bit (NF4 with double "
+        "quantisation, as QLoRA); needs `pip install 'fedpeft[quant]'`. Adapters train in full precision.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"{v!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps")
+        return v
 
 
 class PeftConfig(Section):
@@ -175,6 +193,17 @@ class TrainConfig(Section):
         False,
         description="Recompute activations in the backward pass instead of keeping them (less memory, ~30% more time).",
     )
+    mixed_precision: Literal["none", "bf16", "fp16"] = Field(
+        "none",
+        description="Run forward passes (training and evaluation) under torch autocast in bf16 or fp16 (fp16 with a "
+        "gradient scaler); the trainable tensors stay in their own dtype.",
+    )
+    packing: bool = Field(
+        False,
+        description="Causal LM: pack each micro-batch's examples into rows of data.max_length tokens with position "
+        "ids restarting per document (no attention across documents) instead of padding each to the longest. "
+        "Same loss and updates, fewer padded tokens.",
+    )
 
     @model_validator(mode="after")
     def _accumulation(self) -> TrainConfig:
@@ -217,3 +246,28 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
     runtime: Literal["local"] = Field("local", description="Where clients run: local (one process).")
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> RunConfig:
+        quant = self.model.quantization
+        if quant != "none" and self.peft.method == "full":
+            raise ValueError(
+                f"peft.method=full trains every base weight, but model.quantization={quant} stores them as integers; "
+                "use an adapter method (lora on a 4bit base is QLoRA) or model.quantization=none"
+            )
+        if quant != "none" and self.fl.lora_aggregation == "stack":
+            raise ValueError(
+                f"fl.lora_aggregation=stack merges every round into the base weights, which model.quantization={quant} "
+                "stores as integers; use separate or product, or model.quantization=none"
+            )
+        if self.train.packing and self.peft.method in ("prompt", "ptuning", "prefix"):
+            raise ValueError(
+                f"train.packing puts several documents in one row; peft.method={self.peft.method} prepends its "
+                "virtual tokens once per row, so documents after the first would not see them. Turn packing off"
+            )
+        if self.train.packing and self.data.task in ("code_search", "defect", "clone", "text_classification"):
+            raise ValueError(
+                f"train.packing applies to the token-predicting tasks (instruction, completion, code_to_text); "
+                f"data.task={self.data.task} scores whole examples"
+            )
+        return self

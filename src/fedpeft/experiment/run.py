@@ -51,7 +51,8 @@ from fedpeft.fl.lora_aggregation import (
 from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.sampling import clients_per_round, sample_clients
 from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
-from fedpeft.models.base import load_base_model
+from fedpeft.models.base import autocast, load_base_model
+from fedpeft.models.heads import check_packing_isolates
 from fedpeft.models.peft_methods import (
     PeftSpec,
     apply_peft,
@@ -193,8 +194,14 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
             config.model.dtype,
             TASK_HEADS[config.data.task],
             TASK_NUM_LABELS.get(config.data.task, 2),
+            config.model.device,
+            config.model.quantization,
         )
     head, tokenizer = base.head, base.tokenizer
+    if config.train.packing and head != "causal_lm":
+        raise ConfigError(
+            f"train.packing applies to decoder-only models; model.name={config.model.name!r} loads a {head} head"
+        )
     if head == "seq2seq_lm" and config.data.task == "completion":
         raise ConfigError(
             f"data.task=completion has no prompt for an encoder to read; model.name={config.model.name!r} is an "
@@ -231,7 +238,12 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         mask_prompt=not config.data.train_on_inputs,
         pad_id=tokenizer.pad_token_id,
         head=head,
+        mixed_precision=config.train.mixed_precision,
+        pack_capacity=config.data.max_length if config.train.packing else None,
     )
+    if config.train.packing:
+        with _as_config_error():
+            check_packing_isolates(model, tokenizer.pad_token_id)
     ranks = ClientRanks.build(config.peft.r, config.peft.client_ranks)
     transport = None if config.fl.transport_dtype == "native" else getattr(torch, config.fl.transport_dtype)
     runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed, ranks, transport)
@@ -259,12 +271,16 @@ def split_evaluator(
     pad = tokenizer.pad_token_id
     unscored = () if SCORE_SPECIAL_TOKENS[task] else tokenizer.all_special_ids
 
-    def evaluate(examples, distractors=()):
+    def metrics(examples, distractors):
         if head == "embedding":
             return evaluate_retrieval(model, examples, cfg.batch_size, pad, RETRIEVAL_TEMPERATURE, distractors)
         if head == "sequence_classification":
             return evaluate_classifier(model, examples, cfg.batch_size, pad, TASK_NUM_LABELS[task], threshold)
         return evaluate_causal_lm(model, examples, cfg.batch_size, pad, unscored, head)
+
+    def evaluate(examples, distractors=()):
+        with autocast(next(model.parameters()).device, config.train.mixed_precision):
+            return metrics(examples, distractors)
 
     return evaluate
 
@@ -333,7 +349,8 @@ def evaluate_state(
     evaluate = split_evaluator(state.model, state.tokenizer, config, state.runtime.args.head, threshold)
     test = evaluate(state.data.test, state.data.distractors)
     if task in GENERATION_METRICS:
-        test |= evaluate_generation(state.model, state.tokenizer, state.data.test, config.eval.max_new_tokens)
+        with autocast(next(state.model.parameters()).device, config.train.mixed_precision):
+            test |= evaluate_generation(state.model, state.tokenizer, state.data.test, config.eval.max_new_tokens)
     per_client = {}
     if config.eval.clients:
         for c in clients:

@@ -15,12 +15,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedpeft.models.base import autocast
 from fedpeft.models.heads import embed, token_logits_and_targets
 from fedpeft.models.state import get_trainable_state, set_trainable_state, trainable_parameters
 from fedpeft.tensors import TensorDict
@@ -29,6 +31,7 @@ from fedpeft.tensors.batching import (
     TokenizedExample,
     collate_causal_lm,
     collate_classification,
+    collate_packed_causal_lm,
     collate_query_code,
     collate_seq2seq,
     count_target_tokens,
@@ -51,6 +54,11 @@ class LocalTrainingArgs:
     head: str = "causal_lm"
     """What the model predicts (``models.base.HEADS``): next tokens (causal_lm), the response from the prompt
     (seq2seq_lm), a class per example (sequence_classification) or embeddings (embedding)."""
+    mixed_precision: str = "none"
+    """Forward passes under autocast in ``bf16`` or ``fp16`` (with a gradient scaler), or ``none``."""
+    pack_capacity: int | None = None
+    """Causal LM only: pack each micro-batch's examples into rows of this many tokens (no attention across
+    documents) instead of padding every example to the longest; the loss is unchanged."""
 
 
 class ClientHook(Protocol):
@@ -204,13 +212,20 @@ def train_client_round(
     n_warmup = warmup_steps(total_steps, args.warmup_ratio)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     objective = OBJECTIVES[args.head]
+    collate = objective.collate
+    if args.pack_capacity is not None:
+        if args.head != "causal_lm":
+            raise ValueError(f"train.packing applies to causal language modelling, not a {args.head} head")
+        collate = partial(collate_packed_causal_lm, capacity=args.pack_capacity)
+    # fp16 gradients can underflow: scale the loss, unscale before the hook and clipping, skip bad steps.
+    scaler = torch.amp.GradScaler(device.type) if args.mixed_precision == "fp16" else None
     model.train()
     loss_sum, token_total = 0.0, 0
     for step, idx in enumerate(batch_order(len(examples), total_steps, args.batch_size, rng)):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step, total_steps, n_warmup, args.schedule)
         micro = [
-            objective.collate([examples[i] for i in idx[j : j + args.micro_batch_size]], args.pad_id, args.mask_prompt)
+            collate([examples[i] for i in idx[j : j + args.micro_batch_size]], args.pad_id, args.mask_prompt)
             for j in range(0, len(idx), args.micro_batch_size)
         ]
         step_tokens = sum(objective.count(b) for b in micro)
@@ -218,15 +233,23 @@ def train_client_round(
             continue
         for batch in micro:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = objective.loss_sum(model, batch)
-            (loss / step_tokens).backward()
+            with autocast(device, args.mixed_precision):
+                loss = objective.loss_sum(model, batch)
+            step_loss = loss / step_tokens
+            (step_loss if scaler is None else scaler.scale(step_loss)).backward()
             loss_sum += float(loss.detach())
         token_total += step_tokens
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         if hook is not None:
             hook.correct_gradients(named_params)
         if args.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step(step + 1, total_steps)

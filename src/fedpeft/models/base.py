@@ -3,6 +3,7 @@ name, frozen and ready for a PEFT method."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 from fedpeft.models.builtin import build_builtin, builtin_names, is_builtin
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATIONS = ("none", "8bit", "4bit")
+MIXED_PRECISION = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ModelLoadError(RuntimeError):
@@ -69,12 +72,83 @@ HEADS = ("causal_lm", "seq2seq_lm", "sequence_classification", "embedding")
 GENERATIVE_HEADS = ("causal_lm", "seq2seq_lm")
 
 
-def load_base_model(name: str, dtype: str = "float32", head: str = "causal_lm", num_labels: int = 2) -> LoadedBase:
-    """The frozen base model and tokenizer named by ``model.name``; a tokenizer without a pad token
-    gets its end-of-sequence token as pad (labels mask padding, so this changes no loss).
+def resolve_device(device: str) -> torch.device:
+    """``model.device``: ``auto`` is the first CUDA GPU when torch sees one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"model.device={device!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"model.device={device!r} but torch {torch.__version__} sees no CUDA GPU (built for CUDA: "
+                f"{torch.version.cuda}); use model.device=auto or cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"model.device={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"model.device={device!r} but MPS is not available here; use model.device=auto or cpu")
+    return resolved
+
+
+def quantization_config(kind: str, dtype: str):
+    """transformers' bitsandbytes config for ``model.quantization``: ``8bit`` (LLM.int8) or ``4bit`` (QLoRA's
+    NF4 with double quantisation, computing in ``model.dtype``); None for ``none``. bitsandbytes runs on CUDA
+    and, from 0.46 on, on the CPU."""
+    if kind == "none":
+        return None
+    if kind not in QUANTIZATIONS:
+        raise ModelLoadError(f"model.quantization={kind!r}; valid: {', '.join(QUANTIZATIONS)}")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(
+            f"model.quantization={kind} needs bitsandbytes, which is not installed: pip install 'fedpeft[quant]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES[dtype],
+    )
+
+
+def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
+    """``train.mixed_precision``: forward passes under torch autocast in bf16 or fp16 (weights and the
+    trainable tensors keep their dtype), or nothing for ``none``."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"train.mixed_precision={mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}")
+    dtype = MIXED_PRECISION[mixed_precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None))
+
+
+def load_base_model(
+    name: str,
+    dtype: str = "float32",
+    head: str = "causal_lm",
+    num_labels: int = 2,
+    device: str = "cpu",
+    quantization: str = "none",
+) -> LoadedBase:
+    """The frozen base model and tokenizer named by ``model.name``, on ``device``; a tokenizer without a
+    pad token gets its end-of-sequence token as pad (labels mask padding, so this changes no loss).
 
     A text-generation task (head ``causal_lm``) on an encoder-decoder model (T5, CodeT5) loads the
-    seq2seq head instead: the prompt goes to the encoder, the response is the decoder's target."""
+    seq2seq head instead: the prompt goes to the encoder, the response is the decoder's target.
+    ``quantization`` (8bit, 4bit) loads the linear weights through bitsandbytes and prepares the model for
+    adapter training as peft does for QLoRA (norms and embeddings in float32)."""
     from transformers import (
         AutoConfig,
         AutoModel,
@@ -87,6 +161,9 @@ def load_base_model(name: str, dtype: str = "float32", head: str = "causal_lm", 
         raise ValueError(f"unknown model head {head!r}; valid: {', '.join(HEADS)}")
     tokenizer = load_tokenizer(name)
     source = resolve_model_source(name)
+    target = resolve_device(device)
+    quant = quantization_config(quantization, dtype)
+    placement = {"quantization_config": quant, "device_map": {"": target}} if quant is not None else {}
     try:
         encoder_decoder = bool(getattr(AutoConfig.from_pretrained(source), "is_encoder_decoder", False))
         if encoder_decoder and head == "embedding":
@@ -97,18 +174,24 @@ def load_base_model(name: str, dtype: str = "float32", head: str = "causal_lm", 
         if encoder_decoder and head == "causal_lm":
             head = "seq2seq_lm"
         if head == "seq2seq_lm":
-            model = AutoModelForSeq2SeqLM.from_pretrained(source, dtype=DTYPES[dtype])
+            model = AutoModelForSeq2SeqLM.from_pretrained(source, dtype=DTYPES[dtype], **placement)
         elif head == "causal_lm":
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **placement)
         elif head == "embedding":
-            model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype])
+            model = AutoModel.from_pretrained(source, dtype=DTYPES[dtype], **placement)
         else:
             # The new classification head is initialised from the caller's torch RNG (seed it there).
             model = AutoModelForSequenceClassification.from_pretrained(
-                source, dtype=DTYPES[dtype], num_labels=num_labels, pad_token_id=tokenizer.pad_token_id
+                source, dtype=DTYPES[dtype], num_labels=num_labels, pad_token_id=tokenizer.pad_token_id, **placement
             )
     except OSError as err:
         raise ModelLoadError(_unreachable(name, err)) from err
+    if quant is None:
+        model.to(target)
+    else:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     for param in model.parameters():
         param.requires_grad_(False)
     return LoadedBase(model=model, tokenizer=tokenizer, source=source, head=head)

@@ -77,10 +77,13 @@ def add_bottlenecks(model: nn.Module, kind: str, size: int, activation: str = "r
             f"'layers' or 'h') in model type {model_type!r}; it applies to Llama- and GPT-2-family models"
         )
     width = model.config.hidden_size
-    dtype = next(model.parameters()).dtype
+    # Dtype and device of the hidden states: the embeddings' (a quantised base's linear weights are integers).
+    reference = model.get_input_embeddings().weight
     names = []
     for module, hook in targets:
-        module.add_module(ADAPTER_NAME, Bottleneck(width, size, activation).to(dtype))
+        module.add_module(
+            ADAPTER_NAME, Bottleneck(width, size, activation).to(device=reference.device, dtype=reference.dtype)
+        )
         module.register_forward_hook(hook)
         names.append(next(n for n, m in model.named_modules() if m is module))
     return names

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from fedpeft.tensors.batching import IGNORE_INDEX, mean_pool
+from fedpeft.tensors.batching import IGNORE_INDEX, TokenizedExample, collate_packed_causal_lm, mean_pool
 
 
 def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], head: str, **forward_kwargs):
     """(model output, logits, targets) with logits[..., t, :] scoring targets[..., t]."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **forward_kwargs}
+    # A packed batch has position ids (restarting per document) in place of an attention mask; the mask
+    # builder reads them only without a key/value cache.
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    if "position_ids" in batch:
+        inputs["use_cache"] = False
+    inputs.update(forward_kwargs)
     if head == "seq2seq_lm":
         out = model(**inputs, labels=batch["labels"])
         return out, out.logits, batch["labels"]
@@ -61,3 +66,36 @@ def scored_outputs(
 def embed(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
     return mean_pool(hidden[:, -ids.shape[1] :], mask)  # without prompt tuning's virtual positions
+
+
+@torch.no_grad()
+def check_packing_isolates(model: torch.nn.Module, pad_id: int) -> None:
+    """``train.packing`` needs the model to turn position ids that restart at 0 into a block-diagonal causal
+    mask (transformers does for models that build their masks with ``create_causal_mask``, Llama and GPT-2
+    among them). Checked on two short documents: packed, each must get the logits it gets alone."""
+    docs = [TokenizedExample(tuple(range(3, 8)), 0), TokenizedExample(tuple(range(10, 14)), 0)]
+    packed = collate_packed_causal_lm(docs, pad_id, mask_prompt=False, capacity=9)  # one row: doc 0, doc 1
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        together = (
+            model(
+                input_ids=packed["input_ids"].to(device),
+                position_ids=packed["position_ids"].to(device),
+                use_cache=False,
+            )
+            .logits[0]
+            .float()
+        )
+        alone = [model(input_ids=torch.tensor([d.input_ids], device=device)).logits[0].float() for d in docs]
+    finally:
+        model.train(was_training)
+    worst = (together - torch.cat(alone)).abs().max() / together.abs().max().clamp_min(1e-6)
+    if worst > 1e-2:
+        model_type = getattr(getattr(model, "config", None), "model_type", "?")
+        raise ValueError(
+            f"train.packing: model type {model_type!r} lets packed documents attend to each other (it does not "
+            f"build its attention mask from restarting position ids; relative logit change {float(worst):.3g}); "
+            "set train.packing false"
+        )

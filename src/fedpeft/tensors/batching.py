@@ -39,6 +39,51 @@ def collate_causal_lm(examples: Sequence[TokenizedExample], pad_id: int, mask_pr
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: example indices grouped into rows of at most ``capacity`` tokens (an example
+    longer than ``capacity`` gets a row of its own). Deterministic: ties keep their input order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            rows[slot].append(i)
+            room[slot] -= lengths[i]
+    return rows
+
+
+def collate_packed_causal_lm(
+    examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool, capacity: int
+) -> dict[str, torch.Tensor]:
+    """Like :func:`collate_causal_lm`, but several examples share a row (first-fit decreasing into rows of
+    ``capacity`` tokens) instead of each padding to the longest. There is no attention mask: positions
+    restart at 0 for every document, and transformers' masking turns such position ids into a
+    block-diagonal causal mask, so no token attends across documents. A document's first label is -100 (it
+    would be predicted from the previous document's last token). The tokens that carry loss, and so the
+    loss of a step, are the same as unpacked."""
+    rows = pack_rows([len(e.input_ids) for e in examples], capacity)
+    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e = examples[i]
+            n = len(e.input_ids)
+            tokens = torch.tensor(e.input_ids, dtype=torch.long)
+            ids[r, at : at + n] = tokens
+            positions[r, at : at + n] = torch.arange(n)
+            start = max(e.prompt_len if mask_prompt else 0, 1)
+            labels[r, at + start : at + n] = tokens[start:]
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # trailing padding: a document of its own, unscored
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
 def collate_seq2seq(
     examples: Sequence[TokenizedExample], pad_id: int, mask_prompt: bool = True
 ) -> dict[str, torch.Tensor]:
