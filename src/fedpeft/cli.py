@@ -92,12 +92,19 @@ def run(
 def compare(
     recipe: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")] = "default",
     strategies: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Comma-separated entries, each a strategy name with optional settings: "
             "fedavg,fedprox:mu=0.1,trust:weights=dynamic-ref,local,centralised"
         ),
-    ] = "fedavg,local,centralised",
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare PEFT methods instead, under the recipe's strategy: comma-separated methods with optional "
+            "peft settings, e.g. lora,lora:use_dora=true,ia3,prompt,adapter_h:bottleneck_size=32,full"
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key for every entry (repeatable).")
     ] = None,
@@ -105,8 +112,13 @@ def compare(
         Path | None, typer.Option(help="Comparison directory (default: a new one under output.dir).")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No per-round progress output.")] = True,
+    isolate: Annotated[
+        bool, typer.Option(help="Run each entry in its own process, so its peak memory is its own.")
+    ] = True,
 ) -> None:
-    """Run several strategies on one recipe (same split, same seed) and write a table and a plot."""
+    """Run several strategies or PEFT methods on one recipe (same split, seed and step budget) and write a
+    table (metric, trainable parameters, MB per round, peak memory, time) and a plot.
+    Without --strategies or --methods: fedavg,local,centralised."""
     from fedpeft.data.partition import PartitionError
     from fedpeft.data.sources import DataSourceError
     from fedpeft.experiment.compare import COMPARE_PLOT, COMPARE_TABLE
@@ -115,7 +127,11 @@ def compare(
     from fedpeft.models.base import ModelLoadError
 
     try:
-        root, _ = run_compare(recipe, strategies, list(set_ or []), out, quiet=quiet, log=typer.echo)
+        if strategies is None and methods is None:
+            strategies = "fedavg,local,centralised"
+        root, _ = run_compare(
+            recipe, strategies, list(set_ or []), out, quiet=quiet, log=typer.echo, methods=methods, isolate=isolate
+        )
     except (ConfigError, PartitionError, ModelLoadError, DataSourceError) as err:
         _fail(str(err))
     except RunInterrupted as err:

@@ -207,12 +207,25 @@ def test_compare_checks_every_entry_before_training_any(micro_config, tmp_path):
     assert entry.overrides == ("data.server_split=shared", "fl.strategy_args.alpha=0.3")
 
 
-def test_compare_entries_can_differ_by_peft_method(tmp_path):
+def test_compare_methods_runs_each_entry_in_its_own_process(tmp_path):
     from tests.integration.conftest import MICRO
 
+    overrides = [*MICRO, "fl.rounds=1"]
     root, rows = compare(
-        "default", "fedavg,fedavg:peft.method=ia3", [*MICRO, "fl.rounds=1"], out=tmp_path / "m", quiet=True, log=print
+        "default", methods="lora,ia3", overrides=overrides, out=tmp_path / "m", quiet=True, log=print, isolate=True
     )
     lora, ia3 = rows
-    assert 0 < ia3["trainable"] < lora["trainable"] and ia3["megabytes"] < lora["megabytes"]
-    assert f"| fedavg:peft.method=ia3 | {ia3['final']:.4f} |" in (root / "compare.md").read_text()
+    assert 0 < ia3["trainable"] < lora["trainable"] and ia3["megabytes_per_round"] < lora["megabytes_per_round"]
+    for row in rows:  # the peak memory in the row is the entry process's own, from its summary
+        summary = json.loads((type(tmp_path)(row["run_dir"]) / "summary.json").read_text())
+        assert row["peak_rss_mb"] == summary["peak_rss_mb"] > 0
+    assert f"| ia3 | {ia3['final']:.4f} |" in (root / "compare.md").read_text()
+    assert "peak RSS MB" in (root / "compare.md").read_text()
+    # A fresh process trains exactly what this one does (same seed, same split).
+    _, (again,) = compare("default", methods="ia3", overrides=overrides, out=tmp_path / "n", quiet=True, log=print)
+    assert again["final"] == ia3["final"] and again["final_loss"] == ia3["final_loss"]
+    with pytest.raises(ConfigError, match="either --strategies or --methods"):
+        compare("default", "fedavg", overrides, methods="lora")
+    entry = parse_entries("lora:r=4:use_dora=true:train.lr=0.1", "methods")[0]
+    assert entry.strategy is None
+    assert entry.overrides == ("peft.method=lora", "peft.r=4", "peft.use_dora=true", "train.lr=0.1")

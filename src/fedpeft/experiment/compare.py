@@ -1,4 +1,5 @@
-"""``fedpeft compare``: several strategies on one recipe, the same split and seed, one table and one plot.
+"""``fedpeft compare``: several strategies (``--strategies``) or PEFT methods (``--methods``) on one recipe,
+the same split, seed and step budget, one table and one plot.
 
 Each entry is ``name`` or ``name:key=value:key=value``: a plain key is one of the strategy's
 ``fl.strategy_args`` (the recipe's own are dropped so that every entry says exactly what it runs), a dotted
@@ -7,19 +8,26 @@ the same across entries, or the comparison is no longer on the same data). Every
 name and settings, its round size and what it needs from the data (``Strategy.bind`` on the recipe's
 model and data), so a typo in the last entry fails before the first one trains.
 
+A method entry is ``method`` or ``method:key=value``: a plain key is a ``peft.*`` setting
+(``lora:r=16:use_dora=true``), a dotted key any config key; every method entry runs the recipe's strategy.
+
+Each entry runs in a fresh process (``isolate``), so the peak memory in its row is its own: the process's
+peak resident set (which includes Python, torch and the model loader) and, on a GPU, torch's peak allocation.
+
 The comparison directory holds ``runs/`` (one ordinary, resumable run directory per entry),
 ``compare.json``, ``compare.md`` and ``compare.png``.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedpeft.config.recipes import ConfigError, load_config
+from fedpeft.config.recipes import ConfigError, load_config, validate_config
 from fedpeft.config.schema import RunConfig
 from fedpeft.experiment.progress import HEADLINE_METRICS
 from fedpeft.fl.strategies import build_strategy
@@ -32,28 +40,33 @@ COMPARE_JSON, COMPARE_TABLE, COMPARE_PLOT = "compare.json", "compare.md", "compa
 @dataclass(frozen=True)
 class Entry:
     label: str
-    strategy: str
+    strategy: str | None
+    """The entry's strategy; None keeps the recipe's strategy and its settings (a method entry)."""
     overrides: tuple[str, ...]
-    """``fl.strategy_args.KEY=VALUE`` and dotted config overrides for this entry."""
+    """``fl.strategy_args.KEY=VALUE`` / ``peft.KEY=VALUE`` and dotted config overrides for this entry."""
 
 
-def parse_entries(spec: str) -> list[Entry]:
-    """``"fedavg,fedprox:mu=0.1,trust:weights=dynamic-ref"`` -> entries; labels must be unique."""
+def parse_entries(spec: str, kind: str = "strategies") -> list[Entry]:
+    """``"fedavg,fedprox:mu=0.1,trust:weights=dynamic-ref"`` (kind ``strategies``) or
+    ``"lora,lora:use_dora=true,ia3"`` (kind ``methods``) -> entries; labels must be unique."""
+    if kind not in ("strategies", "methods"):
+        raise ValueError(f"unknown entry kind {kind!r}")
+    plain_prefix, example = ("fl.strategy_args", "fedprox:mu=0.1") if kind == "strategies" else ("peft", "lora:r=16")
     entries = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
-            raise ConfigError(f"--strategies {spec!r} has an empty entry; separate names with single commas")
+            raise ConfigError(f"--{kind} {spec!r} has an empty entry; separate names with single commas")
         name, *settings = item.split(":")
-        overrides = []
+        overrides = [] if kind == "strategies" else [f"peft.method={name}"]
         for setting in settings:
             key, sep, value = setting.partition("=")
             if not sep or not key:
-                raise ConfigError(f"--strategies entry {item!r}: {setting!r} is not key=value (e.g. fedprox:mu=0.1)")
-            overrides.append(f"{key}={value}" if "." in key else f"fl.strategy_args.{key}={value}")
-        entries.append(Entry(item, name, tuple(overrides)))
+                raise ConfigError(f"--{kind} entry {item!r}: {setting!r} is not key=value (e.g. {example})")
+            overrides.append(f"{key}={value}" if "." in key else f"{plain_prefix}.{key}={value}")
+        entries.append(Entry(item, name if kind == "strategies" else None, tuple(overrides)))
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"--strategies lists an entry twice: {labels}")
+        raise ConfigError(f"--{kind} lists an entry twice: {labels}")
     return entries
 
 
@@ -63,15 +76,9 @@ def safe_name(label: str) -> str:
 
 
 def entry_config(recipe: str, overrides: Sequence[str], entry: Entry, runs_dir: Path) -> RunConfig:
+    strategy = [] if entry.strategy is None else [f"fl.strategy={entry.strategy}", "fl.strategy_args={}"]
     return load_config(
-        recipe,
-        [
-            *overrides,
-            f"fl.strategy={entry.strategy}",
-            "fl.strategy_args={}",
-            *entry.overrides,
-            f"output.dir={runs_dir / safe_name(entry.label)}",
-        ],
+        recipe, [*overrides, *strategy, *entry.overrides, f"output.dir={runs_dir / safe_name(entry.label)}"]
     )
 
 
@@ -131,6 +138,11 @@ def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:
         "trainable": summary["trainable_parameters"],
         "trainable_percent": summary["trainable_percent"],
         "megabytes": (summary["bytes_up"] + summary["bytes_down"]) / 1e6,
+        "megabytes_per_round": (summary["bytes_up"] + summary["bytes_down"])
+        / 1e6
+        / max(summary["rounds_completed"], 1),
+        "peak_rss_mb": summary.get("peak_rss_mb"),
+        "peak_gpu_mb": summary.get("peak_gpu_mb"),
         "seconds": summary["rounds_seconds"],
         "curve": [(r["round"], r["eval"][metric]) for r in rounds],
     }
@@ -138,34 +150,86 @@ def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     metric = rows[0]["metric"]
-    lines = [
+    gpu = any(r.get("peak_gpu_mb") is not None for r in rows)
+    header = (
         f"| entry | final {metric} | best {metric} | final test loss | mean client-val {metric} | trainable "
-        "(% of model) | MB exchanged | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+        f"(% of model) | MB per round | peak RSS MB |{' peak GPU MB |' if gpu else ''} seconds |"
+    )
+    lines = [header, "|" + " --- |" * header.count(" |")]
     for r in rows:
         client = "-" if r["client_val"] is None else f"{r['client_val']:.4f}"
+        rss = "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:,.0f}"
+        gpu_cell = f" {'-' if r.get('peak_gpu_mb') is None else format(r['peak_gpu_mb'], ',.0f')} |" if gpu else ""
         lines.append(
             f"| {r['strategy']} | {r['final']:.4f} | {r['best']:.4f} | {r['final_loss']:.4f} | {client} | "
-            f"{r['trainable']:,} ({r['trainable_percent']:.3g}%) | {r['megabytes']:.2f} | {r['seconds']:.1f} |"
+            f"{r['trainable']:,} ({r['trainable_percent']:.3g}%) | {r['megabytes_per_round']:.2f} | {rss} |"
+            f"{gpu_cell} {r['seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _entry_process(config: dict[str, Any], quiet: bool, conn) -> None:
+    """Child side of an isolated entry: run it and report ``(status, text)`` through ``conn``."""
+    from fedpeft.experiment.run import RunInterrupted, run_experiment
+
+    try:
+        run_dir, _ = run_experiment(validate_config(config), quiet=quiet)
+        conn.send(("ok", str(run_dir)))
+    except RunInterrupted as err:
+        conn.send(("interrupted", f"{err.run_dir}\n{err.last_round}"))
+    except BaseException as err:  # reported to the parent, which raises it there
+        conn.send(("error", f"{err.__class__.__name__}: {err}"))
+    finally:
+        conn.close()
+
+
+def run_isolated(config: RunConfig, quiet: bool) -> Path:
+    """``run_experiment(config)`` in a fresh (spawned) process; its run directory. An interrupt reaches the
+    child too (same process group): it checkpoints and reports, and the parent raises RunInterrupted."""
+    from fedpeft.experiment.run import RunInterrupted
+
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(target=_entry_process, args=(config.model_dump(mode="json"), quiet, child))
+    process.start()
+    child.close()
+    try:
+        try:
+            status, text = parent.recv()
+        except KeyboardInterrupt:  # the child got it as well: wait for it to write its checkpoint
+            status, text = parent.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"compare entry process died (exit code {process.exitcode}) before reporting") from None
+    finally:
+        process.join()
+    if status == "interrupted":
+        run_dir, last_round = text.split("\n")
+        raise RunInterrupted(Path(run_dir), int(last_round))
+    if status == "error":
+        raise RuntimeError(f"compare entry failed in its process: {text}")
+    return Path(text)
+
+
 def compare(
     recipe: str,
-    strategies: str,
+    strategies: str | None = None,
     overrides: Sequence[str] = (),
     out: Path | None = None,
     quiet: bool = False,
     log: Callable[[str], None] = print,
+    methods: str | None = None,
+    isolate: bool = False,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """Run every entry of ``strategies`` on ``recipe`` and write the comparison; returns (directory, rows)."""
+    """Run every entry of ``strategies`` or of ``methods`` (one of the two) on ``recipe`` and write the
+    comparison; returns (directory, rows). ``isolate`` runs each entry in its own process."""
     from fedpeft.experiment.run import run_experiment
 
-    entries = parse_entries(strategies)
+    if (strategies is None) == (methods is None):
+        raise ConfigError("compare takes either --strategies or --methods (one list of entries)")
+    entries = parse_entries(strategies) if methods is None else parse_entries(methods, "methods")
     fixed = [o for o in overrides if o.partition("=")[0].strip().startswith("fl.strategy")]
-    if fixed:
+    if fixed and methods is None:
         raise ConfigError(
             f"--set {fixed[0]!r}: each compare entry names its strategy and settings; write them into "
             "--strategies as name:key=value (e.g. fedprox:mu=0.1)"
@@ -180,7 +244,7 @@ def compare(
     for label, config in configs.items():
         started = time.perf_counter()
         log(f"[{len(rows) + 1}/{len(configs)}] {label}")
-        run_dir, _ = run_experiment(config, quiet=quiet)
+        run_dir = run_isolated(config, quiet) if isolate else run_experiment(config, quiet=quiet)[0]
         rows.append(summarise_run(label, run_dir))
         log(f"    {rows[-1]['metric']} {rows[-1]['final']:.4f} in {time.perf_counter() - started:.0f} s -> {run_dir}")
         # Written after every entry, so an interrupted comparison keeps the table of what finished.

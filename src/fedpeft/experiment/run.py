@@ -593,6 +593,7 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
         "rounds_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
         "wall_seconds_this_process": round(time.perf_counter() - started, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_initialized() else None,
         "trainable_parameters": trainable,
         "total_parameters": total_params,
         "trainable_percent": round(100.0 * trainable / total_params, 4),
@@ -657,6 +658,8 @@ def run_experiment(
 ) -> tuple[Path, dict[str, Any]]:
     """Start a new run from ``config`` or continue the one in ``resume_dir``. Returns (run_dir, summary)."""
     started = time.perf_counter()
+    if torch.cuda.is_initialized():  # the summary's peak GPU memory is this run's
+        torch.cuda.reset_peak_memory_stats()
     if resume_dir is not None:
         config = resume_config(Path(resume_dir), overrides or [])
     elif config is None:
