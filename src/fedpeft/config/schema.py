@@ -196,7 +196,7 @@ class TrainConfig(Section):
     mixed_precision: Literal["none", "bf16", "fp16"] = Field(
         "none",
         description="Run forward passes (training and evaluation) under torch autocast in bf16 or fp16 (fp16 with a "
-        "gradient scaler); the trainable tensors stay in their own dtype.",
+        "gradient scaler); the trainable tensors stay in their own dtype. For GPUs: most CPUs run it slower.",
     )
     packing: bool = Field(
         False,
@@ -231,6 +231,14 @@ class EvalConfig(Section):
     )
 
 
+class FlowerConfig(Section):
+    client_cpus: float = Field(1.0, gt=0, description="flower-sim: CPUs each simulated client (Ray actor) reserves.")
+    client_gpus: float = Field(0.0, ge=0, description="flower-sim: GPU share each simulated client reserves.")
+    round_timeout: float | None = Field(
+        None, gt=0, description="Seconds the server waits for a round's replies (null: no limit)."
+    )
+
+
 class OutputConfig(Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
     keep_checkpoints: int = Field(2, gt=0, description="Round checkpoints kept (the newest); older are deleted.")
@@ -244,7 +252,12 @@ class RunConfig(Section):
     fl: FLConfig = FLConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    runtime: Literal["local"] = Field("local", description="Where clients run: local (one process).")
+    runtime: Literal["local", "flower-sim"] = Field(
+        "local",
+        description="Where clients run: local (one process, one model) or flower-sim (Flower's Simulation Engine: "
+        "a ServerApp and one virtual SuperNode per client, the same client round and strategy).",
+    )
+    flower: FlowerConfig = FlowerConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

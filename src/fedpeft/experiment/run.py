@@ -186,6 +186,9 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     with _as_config_error():
         strategy = build_strategy(config.fl.strategy, config.fl.strategy_args)
         strategy.check_round_size(clients_per_round(config.fl.clients, config.fl.fraction))
+    if config.runtime != "local" and (strategy.pools_data or strategy.hook_reads_server_state):
+        why = "pools every client's rows in one place" if strategy.pools_data else "its client hook reads server state"
+        raise ConfigError(f"fl.strategy={config.fl.strategy} {why}: it runs with runtime=local only")
     # The base model comes before the data because the data is tokenized with its tokenizer. A new
     # classification head is initialised here, from the init generator.
     with torch_rng_scope(seed, "init", 1), _as_config_error():
@@ -656,19 +659,42 @@ def run_experiment(
     overrides: list[str] | None = None,
     quiet: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Start a new run from ``config`` or continue the one in ``resume_dir``. Returns (run_dir, summary)."""
-    started = time.perf_counter()
-    if torch.cuda.is_initialized():  # the summary's peak GPU memory is this run's
-        torch.cuda.reset_peak_memory_stats()
+    """Start a new run from ``config`` or continue the one in ``resume_dir``. Returns (run_dir, summary).
+    With ``runtime: flower-sim`` the same round loop runs as the ServerApp of a Flower simulation."""
     if resume_dir is not None:
         config = resume_config(Path(resume_dir), overrides or [])
     elif config is None:
         raise ValueError("run_experiment needs a config or a resume_dir")
+    if config.runtime == "flower-sim":
+        from fedpeft.experiment.flower_app import simulate
+
+        return simulate(config, lambda wrap: _run(config, resume_dir, quiet, wrap))
+    return _run(config, resume_dir, quiet)
+
+
+def _run(
+    config: RunConfig,
+    resume_dir: Path | None,
+    quiet: bool,
+    wrap_runtime: Callable[[LocalRuntime], Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """One run in this process; ``wrap_runtime`` replaces the local runtime (by the Flower one)."""
+    started = time.perf_counter()
+    if torch.cuda.is_initialized():  # the summary's peak GPU memory is this run's
+        torch.cuda.reset_peak_memory_stats()
     progress = RunProgress(quiet=quiet)
     # The run directory is created only once setup has passed every check, so bad input leaves nothing.
     state = setup(config, Path(resume_dir or config.output.dir))
+    if wrap_runtime is not None:
+        state.runtime = wrap_runtime(state.runtime)
     run_dir = state.run_dir = Path(resume_dir) if resume_dir else rd.new_run_dir(Path(config.output.dir), config.recipe)
     progress.message(f"run directory: {run_dir}")
+    device = next(state.model.parameters()).device
+    if config.train.mixed_precision != "none" and device.type == "cpu":
+        progress.message(
+            f"note: train.mixed_precision={config.train.mixed_precision} on the CPU; CPUs without half-precision "
+            "matrix units run autocast far slower than float32 (10x in benchmarks/memory_speed.py here)"
+        )
     atomic_write_text(run_dir / rd.CONFIG_FILE, dump_config(config))
     rd.write_json(run_dir / rd.PARTITION_FILE, state.data.report)
     plot_partition_heatmap(state.data.report["categories"], run_dir / rd.PARTITION_PLOT)

@@ -75,6 +75,9 @@ class Strategy(ABC):
     """Each client keeps its own state (see :class:`PersonalisedStrategy`)."""
     pools_data: ClassVar[bool] = False
     """Train one model on the union of the sampled clients' data (the centralised baseline)."""
+    hook_reads_server_state: ClassVar[bool] = False
+    """Its ``client_hook`` needs state only the server holds (SCAFFOLD's control variates), so a client
+    that rebuilds the strategy from the configuration (the Flower runtime) cannot apply it."""
     stackable: ClassVar[bool] = False
     """Aggregates LoRA pairs by the example-weighted mean, so ``fl.lora_aggregation=stack`` can stand in."""
     communicates: ClassVar[bool] = True

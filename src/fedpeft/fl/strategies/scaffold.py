@@ -52,6 +52,7 @@ class Scaffold(Strategy):
     """FedAvg with control variates correcting client drift (SCAFFOLD, Karimireddy et al., 2020)."""
 
     Settings = ScaffoldSettings
+    hook_reads_server_state = True
 
     def __init__(self, settings: Any = None):
         super().__init__(settings)
