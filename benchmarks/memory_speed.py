@@ -10,9 +10,9 @@ spawned process so its peak memory is its own:
 - ``4bit`` / ``8bit``: model.quantization through bitsandbytes (4bit with LoRA is QLoRA).
 
 Reported per option: seconds for the round's optimizer steps, tokens per second (the real, unpadded tokens
-of the examples the round trained on), memory held once the model is loaded (torch's allocation on a GPU,
-the resident set on a CPU), peak memory over loading and the round (torch's peak allocation on a GPU, the
-process's peak resident set on a CPU) and the training loss.
+of the examples the round trained on), the bytes of the model's weights (a 4-bit weight counts its packed
+bytes), peak memory over loading and the round (torch's peak allocation on a GPU, the process's peak
+resident set on a CPU) and the training loss.
 
     python benchmarks/memory_speed.py                                   # builtin:small on this machine
     python benchmarks/memory_speed.py --options baseline,packing --steps 20
@@ -88,19 +88,17 @@ def _measure(overrides: list[str], conn) -> None:
             return torch.cuda.max_memory_allocated() / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    def current_mb() -> float:
-        """Memory held now: torch's allocation on a GPU, the resident set on a CPU (the peak would include
-        the full-precision weights a quantised load reads before quantising them)."""
-        if torch.cuda.is_initialized():
-            return torch.cuda.memory_allocated() / 2**20
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    def weights_mb(model) -> float:
+        """Bytes the model's parameters and buffers occupy (a 4-bit weight counts its packed bytes): the
+        resident set cannot show it, as weights may stay memory-mapped from the file until first used."""
+        tensors = [*model.parameters(), *model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
     try:
         with tempfile.TemporaryDirectory() as out:
             config = load_config("default", [*overrides, f"output.dir={out}"])
             state = setup(config, Path(out))
-            loaded_mb = current_mb()
+            loaded_mb = weights_mb(state.model)
             examples = state.runtime.client_examples[0]
             args = state.runtime.args
             # Warm-up step (allocator, kernels), then the measured round.
@@ -179,7 +177,7 @@ def main() -> None:
             f"model {args.random_llama or args.model} ({args.dtype}), peft.method={args.method}, {args.steps} steps "
             f"of {args.batch_size} examples (micro-batches of {args.micro_batch_size}), max_length {args.max_length}"
         )
-        print("| option | device | seconds | tokens/s | memory held after load (MB) | peak memory (MB) | train loss |")
+        print("| option | device | seconds | tokens/s | model weights (MB) | peak memory (MB) | train loss |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         results = {}
         for option in args.options.split(","):

@@ -52,6 +52,7 @@ CASES = (
         ("instruction", "lora", ["model.quantization=8bit"]),
         ("instruction", "adapter_h", ["model.quantization=4bit", "peft.bottleneck_size=8"]),
         ("instruction", "prompt", ["model.quantization=4bit", "peft.num_virtual_tokens=4"]),
+        ("defect", "lora", ["model.quantization=4bit"]),
     ]
 )
 
