@@ -3,6 +3,8 @@ same global adapter as the local runtime, and no Flower or Ray process outlives 
 
 from __future__ import annotations
 
+import time
+
 import psutil
 import pytest
 import torch
@@ -26,6 +28,15 @@ def ray_processes() -> list[str]:
     return found
 
 
+def ray_processes_after_shutdown(seconds: float = 30.0) -> list[str]:
+    """Ray's processes still alive once they have had ``seconds`` to exit (actors stop asynchronously
+    after ray.shutdown)."""
+    deadline = time.monotonic() + seconds
+    while (alive := ray_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return alive
+
+
 def adapter(run_dir) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
@@ -42,7 +53,7 @@ def test_flower_simulation_gives_the_local_runtime_s_adapter(micro_config, strat
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
     assert flower["final_eval"]["loss"] == pytest.approx(local["final_eval"]["loss"], rel=1e-5)
     assert flower["bytes_up"] == local["bytes_up"] and flower["bytes_down"] == local["bytes_down"]
-    assert not ray_processes()
+    assert not ray_processes_after_shutdown()
 
 
 @pytest.mark.parametrize(("strategy", "message"), [("scaffold", "reads server state"), ("centralised", "pools")])
@@ -50,4 +61,4 @@ def test_strategies_that_need_one_process_are_refused_on_flower(micro_config, tm
     with pytest.raises(ConfigError, match=message):
         run_experiment(micro_config(*TWO_BY_TWO, f"fl.strategy={strategy}", "runtime=flower-sim"), quiet=True)
     assert not (tmp_path / "runs").exists()
-    assert not ray_processes()
+    assert not ray_processes_after_shutdown()

@@ -66,9 +66,15 @@ def simulate(config: RunConfig, run: Any) -> tuple[Path, dict[str, Any]]:
         "client_resources": {"num_cpus": config.flower.client_cpus, "num_gpus": config.flower.client_gpus},
         "init_args": {"logging_level": "ERROR", "log_to_driver": False},
     }
-    run_simulation(
-        server_app=server_app, client_app=client_app, num_supernodes=config.fl.clients, backend_config=backend
-    )
+    try:
+        run_simulation(
+            server_app=server_app, client_app=client_app, num_supernodes=config.fl.clients, backend_config=backend
+        )
+    finally:
+        import ray
+
+        if ray.is_initialized():  # Flower normally shuts Ray down itself; make sure on every path
+            ray.shutdown()
     if "out" not in result:
         raise RuntimeError("the Flower simulation ended without finishing the run (see the log above)")
     return result["out"]
