@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedpeft.fl.client_round import ClientHook, ClientUpdate
+from fedpeft.fl.client_round import ClientHook, ClientUpdate, count_local_steps
 from fedpeft.runtime.local import LocalRuntime
 from fedpeft.tensors import TensorDict
 
@@ -114,7 +114,7 @@ class FlowerRuntime:
                 Message(content, dst_node_id=self.nodes[cid], message_type=TRAIN, group_id=str(server_round))
             )
             if on_client_start is not None:
-                on_client_start(cid, 0)
+                on_client_start(cid, count_local_steps(len(self.local.client_examples[cid]), self.args))
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
         by_client: dict[int, ClientUpdate] = {}
         for reply in replies:
@@ -157,7 +157,7 @@ _CLIENT_CACHE: dict[str, ClientSide] = {}
 def client_train(message, build: Callable[[str], ClientSide]):
     """A ClientApp's train handler: one client round from the received state; the reply carries the new
     state and the round's figures."""
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.app import Message, MetricRecord, RecordDict
 
     config = message.content["config"]
     text = str(config["run_config"])
@@ -177,7 +177,7 @@ def client_train(message, build: Callable[[str], ClientSide]):
             "seconds": update.seconds,
         }
     )
-    reply = RecordDict({"arrays": ArrayRecord(dict(update.state)), "metrics": metrics})
+    reply = RecordDict({"arrays": to_record(update.state), "metrics": metrics})
     return Message(reply, reply_to=message)
 
 
