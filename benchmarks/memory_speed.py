@@ -18,8 +18,8 @@ resident set on a CPU) and the training loss.
     python benchmarks/memory_speed.py --options baseline,packing --steps 20
     python benchmarks/memory_speed.py --random-llama 1b --options baseline,4bit,8bit   # on a GPU
 
-``--random-llama 300m|1b`` builds a randomly initialised Llama of that size (TinyLlama's 1.1B shape for
-``1b``) with the built-in tokenizer: speed and memory do not depend on the weights' values.
+``--random-llama 300m|1b|7b`` builds a randomly initialised Llama of that size (TinyLlama's 1.1B shape for
+``1b``, Llama-2-7B's for ``7b``) with the built-in tokenizer: speed and memory do not depend on the weights' values.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ RANDOM_LLAMAS = {
     # hidden, intermediate, layers, heads, kv heads, vocab
     "300m": (1024, 2816, 20, 16, 4, 32000),
     "1b": (2048, 5632, 22, 32, 4, 32000),  # TinyLlama-1.1B's shape
+    "7b": (4096, 11008, 32, 32, 32, 32000),  # Llama-2-7B's shape
 }
 
 
@@ -70,8 +71,14 @@ def build_random_llama(size: str, where: Path, dtype: str) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    # Initialised on the GPU when there is one (a 7B model takes minutes to initialise on a CPU), in the
+    # requested dtype; the child processes load it from disk like any checkpoint.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(where)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     tokenizer.save_pretrained(where)
     return where
 
