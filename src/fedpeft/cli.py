@@ -68,6 +68,7 @@ def run(
     from fedpeft.data.sources import DataSourceError
     from fedpeft.experiment.run import RunInterrupted, run_experiment
     from fedpeft.models.base import ModelLoadError
+    from fedpeft.runtime.flower import FlowerConnectionError, FlowerRoundError
 
     overrides = list(set_ or [])
     try:
@@ -77,7 +78,14 @@ def run(
             run_dir, summary = run_experiment(resume_dir=resume, overrides=overrides, quiet=quiet)
         else:
             run_dir, summary = run_experiment(load_config(recipe, overrides), quiet=quiet)
-    except (ConfigError, PartitionError, ModelLoadError, DataSourceError) as err:
+    except (
+        ConfigError,
+        PartitionError,
+        ModelLoadError,
+        DataSourceError,
+        FlowerConnectionError,
+        FlowerRoundError,
+    ) as err:
         _fail(str(err))
     except RunInterrupted as err:
         _fail(str(err), code=130)
@@ -202,6 +210,114 @@ def pretrain(
         threads=threads,
     )
     run_pretrain(args, out or pretrained_dir(size), log=typer.echo)
+
+
+def _exec_flower(command: list[str], dry_run: bool) -> None:
+    """Show the Flower command, then replace this process by it (Ctrl-C and signals reach it directly)."""
+    import os
+    import shlex
+
+    from fedpeft.runtime.flower import flower_env
+
+    typer.echo(shlex.join(command), err=True)
+    if not dry_run:
+        os.execve(command[0], command, flower_env())
+
+
+def _certificates(certificates: Path | None) -> tuple[str, str, str] | None:
+    from fedpeft.runtime.flower import CA_CERT, SERVER_CERT, SERVER_KEY
+
+    if certificates is None:
+        return None
+    paths = [certificates / name for name in (CA_CERT, SERVER_CERT, SERVER_KEY)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        _fail(
+            f"--certificates {certificates}: missing {', '.join(missing)} (make them with `fedpeft certs {certificates}`)"
+        )
+    return (str(paths[0]), str(paths[1]), str(paths[2]))
+
+
+@app.command()
+def superlink(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port of the SuperLink's APIs (Fleet, Control, ServerAppIo).")] = 8000,
+    certificates: Annotated[
+        Path | None, typer.Option(help="Directory with ca.crt, server.pem, server.key: TLS (without: insecure).")
+    ] = None,
+    database: Annotated[Path | None, typer.Option(help="SQLite state file (default: in memory).")] = None,
+    supernode_auth: Annotated[
+        bool, typer.Option(help="Accept only SuperNodes registered with `flwr supernode register`.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the command and exit.")] = False,
+) -> None:
+    """Start a Flower SuperLink for `runtime: flower-deployment` (flower-superlink, apps run in this environment)."""
+    from fedpeft.runtime.flower import superlink_command
+
+    if certificates is None and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: no --certificates: the SuperLink on {host} accepts plain-text connections", err=True)
+    command = superlink_command(
+        host, port, _certificates(certificates), str(database) if database else None, supernode_auth
+    )
+    _exec_flower(command, dry_run)
+
+
+@app.command()
+def supernode(
+    partition_id: Annotated[int, typer.Option(help="The client this SuperNode holds (0 .. num-partitions - 1).")],
+    num_partitions: Annotated[int, typer.Option(help="fl.clients of the runs it serves.")],
+    superlink_address: Annotated[
+        str, typer.Option("--superlink", help="The SuperLink's host:port.")
+    ] = "127.0.0.1:8000",
+    port: Annotated[int, typer.Option(help="Local ClientApp API port; one per SuperNode on a machine.")] = 9094,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="CA certificate that signed the SuperLink's (without: insecure).")
+    ] = None,
+    auth_key: Annotated[
+        Path | None, typer.Option(help="This node's private key, for SuperNode authentication.")
+    ] = None,
+    max_wait_time: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds without a SuperLink (default: never).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the command and exit.")] = False,
+) -> None:
+    """Start a Flower SuperNode holding one client's partition (flower-supernode with its node config)."""
+    from fedpeft.runtime.flower import FlowerConnectionError, supernode_command
+
+    for path in (root_certificates, auth_key):
+        if path is not None and not path.is_file():
+            _fail(f"{path}: no such file")
+    try:
+        command = supernode_command(
+            superlink_address,
+            partition_id,
+            num_partitions,
+            port,
+            str(root_certificates) if root_certificates else None,
+            str(auth_key) if auth_key else None,
+            max_wait_time,
+        )
+    except FlowerConnectionError as err:
+        _fail(str(err))
+    _exec_flower(command, dry_run)
+
+
+@app.command()
+def certs(
+    directory: Annotated[Path, typer.Argument(help="Where to write ca.crt, server.pem, server.key.")],
+    host: Annotated[
+        list[str] | None, typer.Option(help="Host name or IP the SuperLink is reached at (repeatable).")
+    ] = None,
+    node_keys: Annotated[int, typer.Option(help="Also write this many SuperNode key pairs (node-N, node-N.pub).")] = 0,
+) -> None:
+    """Make a self-signed CA and SuperLink certificate (and SuperNode keys) for trials and tests."""
+    from fedpeft.runtime.flower import make_certificates, make_node_keys
+
+    paths = make_certificates(directory, tuple(host or ["127.0.0.1", "localhost"]))
+    for path in paths:
+        typer.echo(str(path))
+    for private, public in make_node_keys(directory, node_keys):
+        typer.echo(f"{private} {public}")
 
 
 def main() -> None:

@@ -237,6 +237,18 @@ class FlowerConfig(Section):
     round_timeout: float | None = Field(
         None, gt=0, description="Seconds the server waits for a round's replies (null: no limit)."
     )
+    superlink: str = Field(
+        "127.0.0.1:8000",
+        description="flower-deployment: the SuperLink's address, host:port (its HTTP API; 8000 by default).",
+    )
+    root_certificates: str | None = Field(
+        None,
+        description="flower-deployment: the CA certificate (PEM) that signed the SuperLink's TLS certificate; "
+        "null: an insecure (plain HTTP) connection, for 127.0.0.1 tests only.",
+    )
+    connect_timeout: float = Field(
+        120.0, gt=0, description="flower-deployment / flower-sim: seconds the server waits for every client's node."
+    )
 
 
 class OutputConfig(Section):
@@ -252,10 +264,12 @@ class RunConfig(Section):
     fl: FLConfig = FLConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    runtime: Literal["local", "flower-sim"] = Field(
+    runtime: Literal["local", "flower-sim", "flower-deployment"] = Field(
         "local",
-        description="Where clients run: local (one process, one model) or flower-sim (Flower's Simulation Engine: "
-        "a ServerApp and one virtual SuperNode per client, the same client round and strategy).",
+        description="Where clients run: local (one process, one model), flower-sim (Flower's Simulation Engine: "
+        "a ServerApp and one virtual SuperNode per client, the same client round and strategy) or "
+        "flower-deployment (the run is submitted to the SuperLink at flower.superlink; one SuperNode per client, "
+        "started with its partition-id).",
     )
     flower: FlowerConfig = FlowerConfig()
     output: OutputConfig = OutputConfig()

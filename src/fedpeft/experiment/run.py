@@ -177,18 +177,25 @@ def build_data(config: RunConfig, tokenizer) -> FederatedData:
     )
 
 
-def setup(config: RunConfig, run_dir: Path) -> RunState:
-    """Build the run in dependency order; every check that can fail does so before round 1."""
-    seed = config.fl.seed
-    quiet_libraries()
-    # Strategy first: a wrong name or setting, or a round size it degenerates on, is found before
-    # anything slow is loaded.
+def setup_checks(config: RunConfig) -> Strategy:
+    """The checks that need nothing loaded: the strategy, its settings and round size, and whether it can
+    run on the chosen runtime. Returns the strategy."""
     with _as_config_error():
         strategy = build_strategy(config.fl.strategy, config.fl.strategy_args)
         strategy.check_round_size(clients_per_round(config.fl.clients, config.fl.fraction))
     if config.runtime != "local" and (strategy.pools_data or strategy.hook_reads_server_state):
         why = "pools every client's rows in one place" if strategy.pools_data else "its client hook reads server state"
         raise ConfigError(f"fl.strategy={config.fl.strategy} {why}: it runs with runtime=local only")
+    return strategy
+
+
+def setup(config: RunConfig, run_dir: Path) -> RunState:
+    """Build the run in dependency order; every check that can fail does so before round 1."""
+    seed = config.fl.seed
+    quiet_libraries()
+    # Strategy first: a wrong name or setting, or a round size it degenerates on, is found before
+    # anything slow is loaded.
+    strategy = setup_checks(config)
     # The base model comes before the data because the data is tokenized with its tokenizer. A new
     # classification head is initialised here, from the init generator.
     with torch_rng_scope(seed, "init", 1), _as_config_error():
@@ -660,7 +667,8 @@ def run_experiment(
     quiet: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Start a new run from ``config`` or continue the one in ``resume_dir``. Returns (run_dir, summary).
-    With ``runtime: flower-sim`` the same round loop runs as the ServerApp of a Flower simulation."""
+    With ``runtime: flower-sim`` the same round loop runs as the ServerApp of a Flower simulation; with
+    ``flower-deployment`` it is submitted to a SuperLink and runs there as a deployed ServerApp."""
     if resume_dir is not None:
         config = resume_config(Path(resume_dir), overrides or [])
     elif config is None:
@@ -669,6 +677,11 @@ def run_experiment(
         from fedpeft.experiment.flower_app import simulate
 
         return simulate(config, lambda wrap: _run(config, resume_dir, quiet, wrap))
+    if config.runtime == "flower-deployment":
+        from fedpeft.experiment.flower_app import deploy
+
+        setup_checks(config)  # bad input fails here, not in the SuperLink's ServerApp
+        return deploy(config, resume_dir, quiet)
     return _run(config, resume_dir, quiet)
 
 

@@ -189,3 +189,214 @@ def client_query(message, context):
     if partition is None:
         raise ValueError(f"this SuperNode has no {PARTITION_KEY!r} in its node config")
     return Message(RecordDict({"config": ConfigRecord({PARTITION_KEY: int(partition)})}), reply_to=message)
+
+
+# --- Deployment: the Flower processes and the SuperLink connection -------------------------------------
+
+
+class FlowerConnectionError(RuntimeError):
+    pass
+
+
+def flower_executable(name: str) -> str:
+    """A Flower command (flwr, flower-superlink, ...) of this Python environment, not another on PATH."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        raise FlowerConnectionError(f"{name} is not installed in this environment; pip install 'flwr>=1.41'")
+    return found
+
+
+def flower_env() -> dict[str, str]:
+    """The environment for Flower's processes: this environment's bin first (the SuperLink and SuperNodes
+    start flower-superexec, flwr-serverapp and flwr-clientapp by name)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise FlowerConnectionError(f"flower.superlink={address!r} is not host:port (e.g. 127.0.0.1:8000)")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail early, naming the address, when nothing listens at the SuperLink's address."""
+    import socket
+
+    host, port = split_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as err:
+        raise FlowerConnectionError(
+            f"SuperLink unreachable at {address} ({err.strerror or err}). Check that a SuperLink runs there "
+            f"(fedpeft superlink --port {port}), that flower.superlink names its host and HTTP port, and that no "
+            "firewall blocks the port"
+        ) from None
+
+
+def superlink_command(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    certificates: tuple[str, str, str] | None = None,
+    database: str | None = None,
+    supernode_auth: bool = False,
+) -> list[str]:
+    """flower-superlink with fedpeft's defaults: apps run in this environment (no per-run dependency
+    install); TLS when ``certificates`` = (CA certificate, server certificate, server key), else insecure."""
+    cmd = [flower_executable("flower-superlink"), "--host", host, "--port", str(port)]
+    cmd.append("--disable-runtime-dependency-installation")
+    if certificates is None:
+        cmd.append("--insecure")
+    else:
+        ca, cert, key = certificates
+        cmd += ["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key]
+    if database is not None:
+        cmd += ["--database", database]
+    if supernode_auth:
+        cmd.append("--enable-supernode-auth")
+    return cmd
+
+
+def supernode_command(
+    superlink: str,
+    partition_id: int,
+    num_partitions: int,
+    port: int = 9094,
+    root_certificates: str | None = None,
+    auth_private_key: str | None = None,
+    max_wait_time: float | None = None,
+) -> list[str]:
+    """flower-supernode holding client ``partition_id`` of ``num_partitions``; ``port`` is its local
+    ClientApp API (one per SuperNode on a machine)."""
+    split_address(superlink)
+    if not 0 <= partition_id < num_partitions:
+        raise FlowerConnectionError(f"partition id {partition_id} is not in 0..{num_partitions - 1}")
+    cmd = [flower_executable("flower-supernode"), "--superlink", superlink, "--port", str(port)]
+    cmd += ["--node-config", f"{PARTITION_KEY}={partition_id} num-partitions={num_partitions}"]
+    cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", root_certificates]
+    if auth_private_key is not None:
+        cmd += ["--auth-supernode-private-key", auth_private_key]
+    if max_wait_time is not None:
+        cmd += ["--max-wait-time", str(max_wait_time)]
+    return cmd
+
+
+def connection_toml(name: str, address: str, root_certificates: str | None) -> str:
+    """The Flower CLI's connection entry ($FLWR_HOME/config.toml) for ``flwr run``."""
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    if root_certificates is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f"root-certificates = {json_string(root_certificates)}")
+    return "\n".join(lines) + "\n"
+
+
+def json_string(text: str) -> str:
+    """``text`` as a TOML basic string (JSON's escapes are TOML's)."""
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
+
+
+CA_CERT, SERVER_CERT, SERVER_KEY = "ca.crt", "server.pem", "server.key"
+
+
+def make_certificates(directory, hosts: Sequence[str] = ("127.0.0.1", "localhost"), days: int = 365):
+    """A self-signed CA and a SuperLink certificate it signs, valid for ``hosts`` (IP addresses or DNS
+    names), written as ca.crt, server.pem and server.key. For tests and trials: a real federation's
+    certificates come from its own CA. Returns the three paths."""
+    import datetime
+    import ipaddress
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days))
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("fedpeft test CA"))
+        .issuer_name(name("fedpeft test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(hosts[0]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (out / CA_CERT, out / SERVER_CERT, out / SERVER_KEY)
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    paths[2].chmod(0o600)
+    return paths
+
+
+def make_node_keys(directory, n: int) -> list[tuple[str, str]]:
+    """``n`` SuperNode key pairs for SuperNode authentication (ECDSA P-384, as Flower's docs generate them):
+    node-N (private, OpenSSH PEM) and node-N.pub (OpenSSH public key, what the SuperLink is told to accept)."""
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i in range(n):
+        key = ec.generate_private_key(ec.SECP384R1())
+        private, public = out / f"node-{i}", out / f"node-{i}.pub"
+        private.write_bytes(  # OpenSSH format: what flower-supernode reads
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
+        private.chmod(0o600)
+        public.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        )
+        pairs.append((str(private), str(public)))
+    return pairs

@@ -1,0 +1,200 @@
+"""A real Flower deployment on 127.0.0.1: a SuperLink and one SuperNode per client, started with fedpeft's
+helpers (`fedpeft superlink`, `fedpeft supernode`), runs the recipe submitted by `runtime:
+flower-deployment` and gives the local runtime's global adapter; with TLS and SuperNode authentication
+too. Every process started here is stopped, and checked to be gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedpeft.experiment.run import run_experiment
+from fedpeft.runtime.flower import FlowerConnectionError, flower_env, make_certificates, make_node_keys
+
+TWO_BY_TWO = ["fl.clients=2", "fl.rounds=2", "fl.fraction=1.0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Federation:
+    """A SuperLink and SuperNodes as child processes, each in its own session so that it and what it
+    starts (flower-superexec, the apps) can be stopped together."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.ports = [self.port]
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedpeft.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**flower_env(), "FLWR_HOME": str(self.workdir / f"flwr-{name}")},  # apps installed here
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def superlink(self, *extra: str) -> None:
+        self.start("superlink", "superlink", "--port", str(self.port), *extra)
+        deadline = time.monotonic() + 60
+        while not listening(self.port):
+            if time.monotonic() > deadline or self.procs[-1].poll() is not None:
+                raise RuntimeError(f"the SuperLink did not start:\n{self.log('superlink')}")
+            time.sleep(0.3)
+
+    def supernode(self, partition: int, n: int, *extra: str, name: str | None = None) -> subprocess.Popen:
+        port = free_port()
+        self.ports.append(port)
+        return self.start(
+            name or f"supernode-{partition}",
+            "supernode",
+            "--superlink",
+            self.address,
+            "--partition-id",
+            str(partition),
+            "--num-partitions",
+            str(n),
+            "--port",
+            str(port),
+            *extra,
+        )
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text()
+
+    def survivors(self) -> list[str]:
+        """Flower processes of this federation still alive (matched by its ports)."""
+        marks = [f":{p}" for p in self.ports]
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            text = " ".join(proc.info["cmdline"] or [])
+            if ("flower" in text or "flwr" in text) and any(m in text for m in marks):
+                found.append(f"{proc.info['pid']}: {text[:160]}")
+        return found
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # flower-superexec starts in a session of its own and exits when its parent does
+        while self.survivors() and time.monotonic() < deadline + 10:
+            time.sleep(0.5)
+        for line in self.survivors():  # last resort, so that nothing outlives the suite
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
+@pytest.fixture
+def federation(tmp_path):
+    fed = Federation(tmp_path)
+    try:
+        yield fed
+    finally:
+        fed.stop()
+    assert not fed.survivors()
+
+
+def adapter(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+def assert_same_run(local_dir, local, flower_dir, flower):
+    assert flower["status"] == "completed" and flower["rounds_completed"] == 2
+    a, b = adapter(local_dir), adapter(flower_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+    assert flower["final_eval"]["loss"] == pytest.approx(local["final_eval"]["loss"], rel=1e-5)
+    assert flower["bytes_up"] == local["bytes_up"] and flower["bytes_down"] == local["bytes_down"]
+
+
+@pytest.mark.slow
+def test_loopback_deployment_gives_the_local_runtime_s_adapter(micro_config, federation):
+    federation.superlink()
+    for i in range(2):
+        federation.supernode(i, 2)
+    local_dir, local = run_experiment(micro_config(*TWO_BY_TWO), quiet=True)
+    deployed = micro_config(*TWO_BY_TWO, "runtime=flower-deployment", f"flower.superlink={federation.address}")
+    flower_dir, flower = run_experiment(deployed, quiet=True)
+    assert_same_run(local_dir, local, flower_dir, flower)
+    assert "runtime: flower-deployment" in (flower_dir / "config.yaml").read_text()
+
+
+def test_unreachable_superlink_is_an_error_naming_the_address(micro_config, tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    config = micro_config(*TWO_BY_TWO, "runtime=flower-deployment", f"flower.superlink={address}")
+    with pytest.raises(FlowerConnectionError, match=f"SuperLink unreachable at {address}"):
+        run_experiment(config, quiet=True)
+    assert not (tmp_path / "runs").exists()
+
+
+def flwr_cli(tmp: Path, address: str, ca: Path, *args: str) -> subprocess.CompletedProcess:
+    """The Flower CLI against this federation's SuperLink over TLS."""
+    from fedpeft.runtime.flower import connection_toml, flower_executable
+
+    home = tmp / "flwr-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(connection_toml("test", address, str(ca)))
+    env = {**flower_env(), "FLWR_HOME": str(home)}
+    return subprocess.run([flower_executable("flwr"), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_tls_and_supernode_authentication(micro_config, federation, tmp_path):
+    certs = tmp_path / "certs"
+    ca, _, _ = make_certificates(certs)
+    keys = make_node_keys(certs, 3)
+    federation.superlink("--certificates", str(certs), "--supernode-auth")
+    for i in range(2):  # nodes 0 and 1 are registered; node 2's key is not
+        done = flwr_cli(tmp_path, federation.address, ca, "supernode", "register", keys[i][1], "test")
+        assert done.returncode == 0, done.stdout + done.stderr
+    for i in range(2):
+        federation.supernode(i, 2, "--root-certificates", str(ca), "--auth-key", keys[i][0])
+    intruder = federation.supernode(1, 2, "--root-certificates", str(ca), "--auth-key", keys[2][0], name="intruder")
+    deployed = micro_config(
+        *TWO_BY_TWO,
+        "runtime=flower-deployment",
+        f"flower.superlink={federation.address}",
+        f"flower.root_certificates={ca}",
+    )
+    _, flower = run_experiment(deployed, quiet=True)
+    assert flower["status"] == "completed" and flower["rounds_completed"] == 2
+    # The SuperNode with an unregistered key was refused and gave up.
+    assert intruder.wait(timeout=30) != 0
+    assert "Exit Code: 305" in federation.log("intruder")
+    # Without the CA certificate the client refuses the SuperLink's self-signed certificate.
+    plain = micro_config(*TWO_BY_TWO, "runtime=flower-deployment", f"flower.superlink={federation.address}")
+    with pytest.raises(FlowerConnectionError, match="could not submit the run") as refused:
+        run_experiment(plain, quiet=True)
+    assert "root_certificates" in str(refused.value)
