@@ -5,119 +5,29 @@ too. Every process started here is stopped, and checked to be gone."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from fedpeft.experiment.run import run_experiment
-from fedpeft.runtime.flower import FlowerConnectionError, flower_env, make_certificates, make_node_keys
+from fedpeft.runtime.flower import (
+    FlowerConnectionError,
+    LoopbackFederation,
+    flower_env,
+    free_port,
+    make_certificates,
+    make_node_keys,
+)
 
 TWO_BY_TWO = ["fl.clients=2", "fl.rounds=2", "fl.fraction=1.0"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Federation:
-    """A SuperLink and SuperNodes as child processes, each in its own session so that it and what it
-    starts (flower-superexec, the apps) can be stopped together."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.ports = [self.port]
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fedpeft.cli", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**flower_env(), "FLWR_HOME": str(self.workdir / f"flwr-{name}")},  # apps installed here
-            cwd=self.workdir,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def superlink(self, *extra: str) -> None:
-        self.start("superlink", "superlink", "--port", str(self.port), *extra)
-        deadline = time.monotonic() + 60
-        while not listening(self.port):
-            if time.monotonic() > deadline or self.procs[-1].poll() is not None:
-                raise RuntimeError(f"the SuperLink did not start:\n{self.log('superlink')}")
-            time.sleep(0.3)
-
-    def supernode(self, partition: int, n: int, *extra: str, name: str | None = None) -> subprocess.Popen:
-        port = free_port()
-        self.ports.append(port)
-        return self.start(
-            name or f"supernode-{partition}",
-            "supernode",
-            "--superlink",
-            self.address,
-            "--partition-id",
-            str(partition),
-            "--num-partitions",
-            str(n),
-            "--port",
-            str(port),
-            *extra,
-        )
-
-    def log(self, name: str) -> str:
-        return (self.workdir / f"{name}.log").read_text()
-
-    def survivors(self) -> list[str]:
-        """Flower processes of this federation still alive (matched by its ports)."""
-        marks = [f":{p}" for p in self.ports]
-        found = []
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            text = " ".join(proc.info["cmdline"] or [])
-            if ("flower" in text or "flwr" in text) and any(m in text for m in marks):
-                found.append(f"{proc.info['pid']}: {text[:160]}")
-        return found
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # flower-superexec starts in a session of its own and exits when its parent does
-        while self.survivors() and time.monotonic() < deadline + 10:
-            time.sleep(0.5)
-        for line in self.survivors():  # last resort, so that nothing outlives the suite
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
-
-
 @pytest.fixture
 def federation(tmp_path):
-    fed = Federation(tmp_path)
+    fed = LoopbackFederation(tmp_path)
     try:
         yield fed
     finally:

@@ -18,9 +18,15 @@ Nothing here knows how a run is set up: the ClientApp is given a ``build(config_
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, count_local_steps
@@ -201,8 +207,6 @@ class FlowerConnectionError(RuntimeError):
 def flower_executable(name: str) -> str:
     """A Flower command (flwr, flower-superlink, ...) of this Python environment, not another on PATH."""
     import shutil
-    import sys
-    from pathlib import Path
 
     local = Path(sys.executable).parent / name
     found = str(local) if local.exists() else shutil.which(name)
@@ -214,9 +218,6 @@ def flower_executable(name: str) -> str:
 def flower_env() -> dict[str, str]:
     """The environment for Flower's processes: this environment's bin first (the SuperLink and SuperNodes
     start flower-superexec, flwr-serverapp and flwr-clientapp by name)."""
-    import os
-    import sys
-    from pathlib import Path
 
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -232,7 +233,6 @@ def split_address(address: str) -> tuple[str, int]:
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail early, naming the address, when nothing listens at the SuperLink's address."""
-    import socket
 
     host, port = split_address(address)
     try:
@@ -310,6 +310,100 @@ def json_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class LoopbackFederation:
+    """A SuperLink and SuperNodes on 127.0.0.1 as child processes (for tests, benchmarks and trials), each
+    in its own session so that it and what it starts (flower-superexec, the apps) can be stopped together;
+    logs and each process's FLWR_HOME under ``workdir``."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.ports = [self.port]
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 (the child holds it)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedpeft.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**flower_env(), "FLWR_HOME": str(self.workdir / f"flwr-{name}")},  # apps installed here
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def superlink(self, *extra: str) -> None:
+        self.start("superlink", "superlink", "--port", str(self.port), *extra)
+        deadline = time.monotonic() + 60
+        while not listening(self.port):
+            if time.monotonic() > deadline or self.procs[-1].poll() is not None:
+                raise RuntimeError(f"the SuperLink did not start:\n{self.log('superlink')}")
+            time.sleep(0.3)
+
+    def supernode(self, partition: int, n: int, *extra: str, name: str | None = None) -> subprocess.Popen:
+        port = free_port()
+        self.ports.append(port)
+        return self.start(
+            name or f"supernode-{partition}",
+            "supernode",
+            "--superlink",
+            self.address,
+            "--partition-id",
+            str(partition),
+            "--num-partitions",
+            str(n),
+            "--port",
+            str(port),
+            *extra,
+        )
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text()
+
+    def survivors(self) -> list[str]:
+        """Flower processes of this federation still alive (matched by its ports)."""
+        import psutil
+
+        marks = [f":{p}" for p in self.ports]
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            text = " ".join(proc.info["cmdline"] or [])
+            if ("flower" in text or "flwr" in text) and any(m in text for m in marks):
+                found.append(f"{proc.info['pid']}: {text[:160]}")
+        return found
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # flower-superexec starts in a session of its own and exits when its parent does
+        while self.survivors() and time.monotonic() < deadline + 10:
+            time.sleep(0.5)
+        for line in self.survivors():  # last resort, so that nothing outlives the suite
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
 CA_CERT, SERVER_CERT, SERVER_KEY = "ca.crt", "server.pem", "server.key"
 
 
@@ -319,7 +413,6 @@ def make_certificates(directory, hosts: Sequence[str] = ("127.0.0.1", "localhost
     certificates come from its own CA. Returns the three paths."""
     import datetime
     import ipaddress
-    from pathlib import Path
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -378,7 +471,6 @@ def make_certificates(directory, hosts: Sequence[str] = ("127.0.0.1", "localhost
 def make_node_keys(directory, n: int) -> list[tuple[str, str]]:
     """``n`` SuperNode key pairs for SuperNode authentication (ECDSA P-384, as Flower's docs generate them):
     node-N (private, OpenSSH PEM) and node-N.pub (OpenSSH public key, what the SuperLink is told to accept)."""
-    from pathlib import Path
 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
