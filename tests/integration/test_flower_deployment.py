@@ -9,8 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from fedpeft.experiment.run import run_experiment
 from fedpeft.runtime.flower import (
@@ -21,8 +19,7 @@ from fedpeft.runtime.flower import (
     make_certificates,
     make_node_keys,
 )
-
-TWO_BY_TWO = ["fl.clients=2", "fl.rounds=2", "fl.fraction=1.0"]
+from tests.integration.test_flower_runtime import TWO_BY_TWO, assert_same_run
 
 
 @pytest.fixture
@@ -33,20 +30,6 @@ def federation(tmp_path):
     finally:
         fed.stop()
     assert not fed.survivors()
-
-
-def adapter(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
-
-
-def assert_same_run(local_dir, local, flower_dir, flower):
-    assert flower["status"] == "completed" and flower["rounds_completed"] == 2
-    a, b = adapter(local_dir), adapter(flower_dir)
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
-    assert flower["final_eval"]["loss"] == pytest.approx(local["final_eval"]["loss"], rel=1e-5)
-    assert flower["bytes_up"] == local["bytes_up"] and flower["bytes_down"] == local["bytes_down"]
 
 
 @pytest.mark.slow

@@ -41,11 +41,8 @@ def adapter(run_dir) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter" / "adapter_model.safetensors")
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
-def test_flower_simulation_gives_the_local_runtime_s_adapter(micro_config, strategy):
-    extra = [*TWO_BY_TWO, f"fl.strategy={strategy}"] + (["fl.strategy_args.mu=0.5"] if strategy == "fedprox" else [])
-    local_dir, local = run_experiment(micro_config(*extra), quiet=True)
-    flower_dir, flower = run_experiment(micro_config(*extra, "runtime=flower-sim"), quiet=True)
+def assert_same_run(local_dir, local, flower_dir, flower):
+    """A Flower run reproduces a local one: the global adapter (float tolerance), final loss and bytes."""
     assert flower["status"] == "completed" and flower["rounds_completed"] == 2
     a, b = adapter(local_dir), adapter(flower_dir)
     assert a.keys() == b.keys()
@@ -53,6 +50,14 @@ def test_flower_simulation_gives_the_local_runtime_s_adapter(micro_config, strat
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
     assert flower["final_eval"]["loss"] == pytest.approx(local["final_eval"]["loss"], rel=1e-5)
     assert flower["bytes_up"] == local["bytes_up"] and flower["bytes_down"] == local["bytes_down"]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
+def test_flower_simulation_gives_the_local_runtime_s_adapter(micro_config, strategy):
+    extra = [*TWO_BY_TWO, f"fl.strategy={strategy}"] + (["fl.strategy_args.mu=0.5"] if strategy == "fedprox" else [])
+    local_dir, local = run_experiment(micro_config(*extra), quiet=True)
+    flower_dir, flower = run_experiment(micro_config(*extra, "runtime=flower-sim"), quiet=True)
+    assert_same_run(local_dir, local, flower_dir, flower)
     assert not ray_processes_after_shutdown()
 
 
