@@ -67,6 +67,7 @@ def run(
     from fedpeft.data.partition import PartitionError
     from fedpeft.data.sources import DataSourceError
     from fedpeft.experiment.run import RunInterrupted, run_experiment
+    from fedpeft.fl.screening import TooFewUpdatesError
     from fedpeft.models.base import ModelLoadError
     from fedpeft.runtime.flower import FlowerConnectionError, FlowerRoundError
 
@@ -85,6 +86,7 @@ def run(
         DataSourceError,
         FlowerConnectionError,
         FlowerRoundError,
+        TooFewUpdatesError,
     ) as err:
         _fail(str(err))
     except RunInterrupted as err:

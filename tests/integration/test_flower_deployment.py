@@ -5,21 +5,25 @@ too. Every process started here is stopped, and checked to be gone."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedpeft.experiment.run import run_experiment
 from fedpeft.runtime.flower import (
+    FAULT_ENV,
     FlowerConnectionError,
+    FlowerRoundError,
     LoopbackFederation,
     flower_env,
     free_port,
     make_certificates,
     make_node_keys,
 )
-from tests.integration.test_flower_runtime import TWO_BY_TWO, assert_same_run
+from tests.integration.test_flower_runtime import TWO_BY_TWO, adapter, assert_same_run
 
 
 @pytest.fixture
@@ -42,6 +46,41 @@ def test_loopback_deployment_gives_the_local_runtime_s_adapter(micro_config, fed
     flower_dir, flower = run_experiment(deployed, quiet=True)
     assert_same_run(local_dir, local, flower_dir, flower)
     assert "runtime: flower-deployment" in (flower_dir / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_a_silent_supernode_fails_the_round_below_min_clients_and_the_restarted_run_resumes(micro_config, federation):
+    """SuperNode 1 stops answering in round 2 (its ClientApp sleeps past flower.round_timeout): with
+    fl.min_clients=2 the round fails with the client's reason and the run keeps round 1. Once a new
+    SuperNode holds client 1, the run resubmitted with --resume finishes with the uninterrupted run's adapter."""
+    three = [*TWO_BY_TWO, "fl.rounds=3"]
+    federation.superlink()
+    federation.supernode(0, 2)
+    silent = federation.supernode(1, 2, env={FAULT_ENV: "sleep=300:2:1"})
+    deployed = micro_config(
+        *three,
+        "fl.min_clients=2",
+        "runtime=flower-deployment",
+        f"flower.superlink={federation.address}",
+        "flower.round_timeout=60",  # a deployed client round starts a fresh process: ~15 s here
+    )
+    with pytest.raises(FlowerRoundError, match="ended failed") as failed:
+        run_experiment(deployed, quiet=True)
+    message = str(failed.value)
+    assert "round 2: 1 usable client update(s), fewer than fl.min_clients=2" in message
+    assert "client 1: no reply within flower.round_timeout=60.0 s" in message
+    (run_dir,) = (Path(deployed.output.dir)).iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 1
+    federation.kill(silent)
+    federation.supernode(1, 2, name="supernode-1-restarted")
+    resumed_dir, resumed = run_experiment(resume_dir=run_dir, quiet=True)
+    assert resumed_dir == run_dir and resumed["status"] == "completed" and resumed["rounds_completed"] == 3
+    local_dir, _ = run_experiment(
+        micro_config(*three, "output.dir=" + str(run_dir.parent.parent / "local")), quiet=True
+    )
+    a, b = adapter(local_dir), adapter(resumed_dir)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
 
 
 def test_unreachable_superlink_is_an_error_naming_the_address(micro_config, tmp_path):

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fedpeft.fl.sampling import clients_per_round
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
@@ -159,6 +161,13 @@ class FLConfig(Section):
         "rounded to float32 / bfloat16 / float16; bytes are counted at it.",
     )
     seed: int = Field(0, description="Seeds the data split, client sampling, init and training.")
+    min_clients: int = Field(
+        1,
+        ge=1,
+        description="Usable client updates a round needs: updates from clients that failed, timed out or sent "
+        "a mis-shaped or non-finite state are dropped (and logged); the round aggregates the rest if at least "
+        "this many remain, otherwise the run stops with each client's reason (and resumes from its last round).",
+    )
 
     @field_validator("clients")
     @classmethod
@@ -173,6 +182,16 @@ class FLConfig(Section):
         if not 0.0 < v <= 1.0:
             raise ValueError(f"must be in (0, 1], got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _min_clients(self) -> FLConfig:
+        sampled = clients_per_round(self.clients, self.fraction)
+        if self.min_clients > sampled:
+            raise ValueError(
+                f"fl.min_clients={self.min_clients} exceeds the {sampled} client(s) sampled per round "
+                f"(fl.clients={self.clients} x fl.fraction={self.fraction}); lower it or sample more clients"
+            )
+        return self
 
 
 class TrainConfig(Section):

@@ -159,6 +159,7 @@ def deploy(config: RunConfig, resume_dir: Path | None, quiet: bool = False) -> t
 
     from fedpeft.runtime.flower import (
         FlowerConnectionError,
+        FlowerRoundError,
         check_reachable,
         connection_toml,
         flower_env,
@@ -213,6 +214,8 @@ def deploy(config: RunConfig, resume_dir: Path | None, quiet: bool = False) -> t
     summary = json.loads(summary_file.read_text())
     if summary.get("status") != "completed":
         log = "\n".join(tail)
+        if summary.get("error"):
+            raise FlowerRoundError(f"the deployed run {run_dir} ended {summary['status']}: {summary['error']}")
         raise FlowerConnectionError(
             f"the deployed run {run_dir} ended {summary.get('status')}. Its last output:\n{log}"
         )

@@ -50,6 +50,7 @@ from fedpeft.fl.lora_aggregation import (
 )
 from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.sampling import clients_per_round, sample_clients
+from fedpeft.fl.screening import TooFewUpdatesError, check_enough_updates, update_problem
 from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
 from fedpeft.models.base import autocast, load_base_model
 from fedpeft.models.heads import check_packing_isolates
@@ -424,9 +425,12 @@ def _client_record(rnd: int, u: ClientUpdate, bytes_up: int, bytes_down: int) ->
     }
 
 
-def _train(state: RunState, rnd: int, client_ids: list[int], progress: RunProgress) -> list[ClientUpdate]:
+def _train(
+    state: RunState, rnd: int, client_ids: list[int], progress: RunProgress, failed: dict[int, str]
+) -> list[ClientUpdate]:
     """This round's client updates: each sampled client from the global state (or its own, for a
-    personalised strategy), or one update on their pooled rows (the centralised baseline)."""
+    personalised strategy), or one update on their pooled rows (the centralised baseline). Clients the
+    runtime lost are entered in ``failed`` with the reason."""
     strategy, current = state.strategy, state.global_state
     if strategy.pools_data:
         return state.runtime.train_pooled(
@@ -440,7 +444,33 @@ def _train(state: RunState, rnd: int, client_ids: list[int], progress: RunProgre
         on_step=progress.client_step,
         hook_for=strategy.client_hook,
         client_states=state.client_states if strategy.personalised else None,
+        on_client_failed=failed.__setitem__,
     )
+
+
+def usable_updates(
+    state: RunState,
+    rnd: int,
+    updates: list[ClientUpdate],
+    sent: dict[int, TensorDict],
+    failed: dict[int, str],
+    progress: RunProgress,
+) -> list[ClientUpdate]:
+    """The updates that fit the adapter they were trained from and are finite; the others join ``failed``.
+    Each dropped client is logged (a ``client_failure`` record) and reported; fewer than ``fl.min_clients``
+    usable updates end the run with every reason (its completed rounds stay, ready for ``--resume``)."""
+    usable = []
+    for u in updates:
+        problem = update_problem(u.state, sent.get(u.client_id, state.global_state))
+        if problem is None:
+            usable.append(u)
+        else:
+            failed[u.client_id] = f"update rejected: {problem}"
+    for cid, reason in sorted(failed.items()):
+        state.log.append({"type": "client_failure", "round": rnd, "client": cid, "reason": reason})
+        progress.message(f"round {rnd}: client {cid} dropped: {reason}")
+    check_enough_updates(rnd, len(usable), state.config.fl.min_clients, failed)
+    return usable
 
 
 def merge_stacked_round(
@@ -490,7 +520,9 @@ def fit(state: RunState, progress: RunProgress) -> None:
         client_ids = sample_clients(cfg.fl.clients, cfg.fl.fraction, numpy_rng(cfg.fl.seed, "sampling", rnd))
         # ---- train: every sampled client from the global state (personalised: from its own) ----
         sent = {u: state.client_states.get(u, state.global_state) for u in client_ids}
-        updates = _train(state, rnd, client_ids, progress)
+        failed: dict[int, str] = {}
+        updates = usable_updates(state, rnd, _train(state, rnd, client_ids, progress, failed), sent, failed, progress)
+        client_ids = [c for c in client_ids if c not in failed]  # the round's record names the aggregated ones
         # ---- aggregate: the strategy, over LoRA pairs or their products ----
         mixing = None
         if strategy.personalised:
@@ -528,6 +560,7 @@ def fit(state: RunState, progress: RunProgress) -> None:
                 "type": "round",
                 "round": rnd,
                 "clients": client_ids,
+                **({"failed": {str(c): why for c, why in sorted(failed.items())}} if failed else {}),
                 "examples": n_examples,
                 "train_loss": train_loss,
                 "eval": test,
@@ -557,8 +590,9 @@ def fit(state: RunState, progress: RunProgress) -> None:
         progress.advance_round()
 
 
-def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
-    """Write the PEFT adapter, loss plot and summary.json; return the summary."""
+def finish(state: RunState, status: str, started: float, error: str | None = None) -> dict[str, Any]:
+    """Write the PEFT adapter, loss plot and summary.json (with ``error``, why a failed run stopped); return
+    the summary."""
     run_dir = state.run_dir
     rounds = [r for r in state.log.read() if r.get("type") == "round"]
     if status == "completed":
@@ -608,6 +642,7 @@ def finish(state: RunState, status: str, started: float) -> dict[str, Any]:
         "total_parameters": total_params,
         "trainable_percent": round(100.0 * trainable / total_params, 4),
         "adapter": str(run_dir / rd.ADAPTER_DIR) if status == "completed" else None,
+        **({"error": error} if error else {}),
     }
     rd.write_json(run_dir / rd.SUMMARY_FILE, summary)
     return summary
@@ -721,9 +756,17 @@ def _run(
         _sync_log_to_checkpoints(state)
         finish(state, "interrupted", started)
         raise RunInterrupted(run_dir, state.completed_round) from None
-    except BaseException:
+    except TooFewUpdatesError as err:
         _sync_log_to_checkpoints(state)
-        finish(state, "failed", started)
+        message = (
+            f"{err}. {run_dir} holds every round up to {state.completed_round}; once the clients are back, "
+            f"continue with: fedpeft run --resume {run_dir}"
+        )
+        finish(state, "failed", started, error=message)
+        raise TooFewUpdatesError(message) from None
+    except BaseException as err:
+        _sync_log_to_checkpoints(state)
+        finish(state, "failed", started, error=f"{type(err).__name__}: {err}")
         raise
     summary = finish(state, "completed", started)
     progress.message(f"adapter: {summary['adapter']}")

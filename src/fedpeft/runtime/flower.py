@@ -25,9 +25,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, count_local_steps
 from fedpeft.runtime.local import LocalRuntime
@@ -64,27 +66,34 @@ class FlowerRuntime:
         self.nodes: dict[int, int] = {}
 
     def discover(self, n_clients: int, wait_seconds: float = 60.0) -> dict[int, int]:
-        """Client id -> node id, from each node's ``partition-id``; waits for the nodes to connect."""
+        """Client id -> node id, from each node's ``partition-id``. Asks every node as it connects and stops
+        as soon as each client has a node, so a node that left (and still counts as connected until its
+        heartbeats lapse) does not hold the run up; gives up after ``wait_seconds``."""
         from flwr.app import ConfigRecord, Message, RecordDict
 
         deadline = time.monotonic() + wait_seconds
-        node_ids = list(self.grid.get_node_ids())
-        while len(node_ids) < n_clients and time.monotonic() < deadline:
-            time.sleep(0.5)
-            node_ids = list(self.grid.get_node_ids())
-        messages = [
-            Message(RecordDict({"config": ConfigRecord({"ask": PARTITION_KEY})}), dst_node_id=node, message_type=QUERY)
-            for node in node_ids
-        ]
+        asked: set[int] = set()
+        pending: set[str] = set()
         nodes: dict[int, int] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=wait_seconds):
-            if reply.has_error():
-                continue
-            nodes[int(reply.content["config"][PARTITION_KEY])] = reply.metadata.src_node_id
+        while True:
+            new = [node for node in self.grid.get_node_ids() if node not in asked]
+            if new:
+                question = RecordDict({"config": ConfigRecord({"ask": PARTITION_KEY})})
+                messages = [Message(question, dst_node_id=node, message_type=QUERY) for node in new]
+                pending.update(self.grid.push_messages(messages))
+                asked.update(new)
+            for reply in self.grid.pull_messages(list(pending)):
+                pending.discard(reply.metadata.reply_to_message_id)
+                if not reply.has_error():
+                    nodes.setdefault(int(reply.content["config"][PARTITION_KEY]), reply.metadata.src_node_id)
+            if all(c in nodes for c in range(n_clients)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
         missing = sorted(set(range(n_clients)) - nodes.keys())
         if missing:
             raise FlowerRoundError(
-                f"{len(node_ids)} SuperNode(s) connected, but none holds client(s) {missing[:10]} of fl.clients="
+                f"{len(asked)} SuperNode(s) connected within flower.connect_timeout={wait_seconds:g} s, but none "
+                f"holds client(s) {missing[:10]} of fl.clients="
                 f"{n_clients}; start one SuperNode per client with --node-config 'partition-id=N num-partitions="
                 f"{n_clients}'"
             )
@@ -100,9 +109,12 @@ class FlowerRuntime:
         on_step: Callable[[int, int], None] | None = None,
         hook_for: Callable[[int, TensorDict], ClientHook | None] | None = None,
         client_states: Mapping[int, TensorDict] | None = None,
+        on_client_failed: Callable[[int, str], None] | None = None,
     ) -> list[ClientUpdate]:
-        """The sampled clients' updates, trained on their SuperNodes (the strategy's hook is rebuilt there
-        from the configuration, so ``hook_for`` is not sent)."""
+        """The updates of the sampled clients that replied, trained on their SuperNodes (the strategy's hook
+        is rebuilt there from the configuration, so ``hook_for`` is not sent). A client whose node reports
+        an error, or that does not reply within ``flower.round_timeout``, is reported to
+        ``on_client_failed(client, reason)``; without that callback it fails the round."""
         from flwr.app import ConfigRecord, Message, RecordDict
 
         if not self.nodes:
@@ -121,19 +133,43 @@ class FlowerRuntime:
             )
             if on_client_start is not None:
                 on_client_start(cid, count_local_steps(len(self.local.client_examples[cid]), self.args))
+
+        def failed(cid: int, reason: str) -> None:
+            if on_client_failed is None:
+                raise FlowerRoundError(f"round {server_round}: client {cid} failed: {reason}")
+            on_client_failed(cid, reason)
+
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        # The grid stamps each message with its id as it pushes it; replies (and the SuperLink's own error
+        # replies for a node that stopped sending heartbeats) name the message they answer.
+        client_of = {m.metadata.message_id: cid for m, cid in zip(messages, client_ids, strict=True)}
         by_client: dict[int, ClientUpdate] = {}
+        answered: set[int] = set()
         for reply in replies:
+            cid = client_of.get(reply.metadata.reply_to_message_id)
+            if cid is None or cid in answered:
+                continue
+            answered.add(cid)
             if reply.has_error():
-                raise FlowerRoundError(f"round {server_round}: a client failed: {reply.error.reason}")
-            by_client[int(reply.content["metrics"]["client"])] = update_from_reply(reply.content)
-        missing = [cid for cid in client_ids if cid not in by_client]
-        if missing:
-            raise FlowerRoundError(f"round {server_round}: no reply from client(s) {missing} within {self.timeout} s")
-        return [by_client[cid] for cid in client_ids]
+                failed(cid, _error_reason(reply.error.reason))
+                continue
+            try:
+                by_client[cid] = update_from_reply(reply.content)
+            except (KeyError, TypeError, ValueError) as err:
+                failed(cid, f"unreadable reply ({type(err).__name__}: {err})")
+        for cid in client_ids:
+            if cid not in answered:
+                failed(cid, f"no reply within flower.round_timeout={self.timeout} s")
+        return [by_client[cid] for cid in client_ids if cid in by_client]
 
     def train_pooled(self, *args: Any, **kwargs: Any) -> list[ClientUpdate]:
         raise FlowerRoundError("the centralised baseline pools every client's rows in one place: use runtime=local")
+
+
+def _error_reason(reason: str) -> str:
+    """The last line of a node's error (a ClientApp's exception arrives with its whole traceback)."""
+    lines = [line.strip() for line in str(reason).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "unknown error")[:500]
 
 
 def update_from_reply(content) -> ClientUpdate:
@@ -159,6 +195,37 @@ class ClientSide:
 
 _CLIENT_CACHE: dict[str, ClientSide] = {}
 
+FAULT_ENV = "FEDPEFT_INJECT_FAULT"
+"""Fault drills: ``KIND:ROUND:CLIENT[,...]`` (``*`` matches any round or client) makes this process's
+ClientApp misbehave in those client rounds, so a deployment's fault handling can be tried before it is
+needed. KIND: ``raise`` (the ClientApp raises), ``sleep=S`` (replies S seconds late), ``nan`` (the update
+holds NaN), ``shape`` (one tensor of the update loses a row)."""
+
+
+def injected_fault(server_round: int, client: int) -> str | None:
+    """The fault ``FEDPEFT_INJECT_FAULT`` asks of this client round, if any."""
+    for item in filter(None, (x.strip() for x in os.environ.get(FAULT_ENV, "").split(","))):
+        kind, _, where = item.partition(":")
+        rnd, _, cid = where.partition(":")
+        if rnd in ("*", str(server_round)) and cid in ("*", str(client)):
+            return kind
+    return None
+
+
+def apply_fault(kind: str, state: TensorDict) -> TensorDict:
+    """``state`` as the fault drill ``kind`` leaves it (``raise`` and ``sleep`` act before training)."""
+    if kind == "raise":
+        raise RuntimeError(f"fault drill ({FAULT_ENV}): this client round raises")
+    if kind.startswith("sleep="):
+        time.sleep(float(kind.removeprefix("sleep=")))
+        return state
+    name = sorted(state)[0]
+    if kind == "nan":
+        return state | {name: torch.full_like(state[name], float("nan"))}
+    if kind == "shape":
+        return state | {name: state[name][1:].clone()}
+    raise ValueError(f"{FAULT_ENV}: unknown fault {kind!r}; use raise, sleep=SECONDS, nan or shape")
+
 
 def client_train(message, build: Callable[[str], ClientSide]):
     """A ClientApp's train handler: one client round from the received state; the reply carries the new
@@ -173,7 +240,13 @@ def client_train(message, build: Callable[[str], ClientSide]):
     side = _CLIENT_CACHE[text]
     cid, server_round = int(config["client"]), int(config["round"])
     start = from_record(message.content["arrays"])
+    fault = injected_fault(server_round, cid)
+    corrupts = fault in ("nan", "shape")
+    if fault is not None and not corrupts:
+        apply_fault(fault, start)
     (update,) = side.runtime.train_round(server_round, [cid], start, hook_for=side.hook_for)
+    if corrupts:
+        update = replace(update, state=apply_fault(fault, update.state))
     metrics = MetricRecord(
         {
             "client": cid,
@@ -333,13 +406,13 @@ class LoopbackFederation:
         self.address = f"127.0.0.1:{self.port}"
         self.ports = [self.port]
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 (the child holds it)
+    def start(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "a")  # noqa: SIM115 (the child holds it)
         proc = subprocess.Popen(
             [sys.executable, "-m", "fedpeft.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**flower_env(), "FLWR_HOME": str(self.workdir / f"flwr-{name}")},  # apps installed here
+            env={**flower_env(), "FLWR_HOME": str(self.workdir / f"flwr-{name}"), **(env or {})},  # apps installed here
             cwd=self.workdir,
             start_new_session=True,
         )
@@ -354,7 +427,10 @@ class LoopbackFederation:
                 raise RuntimeError(f"the SuperLink did not start:\n{self.log('superlink')}")
             time.sleep(0.3)
 
-    def supernode(self, partition: int, n: int, *extra: str, name: str | None = None) -> subprocess.Popen:
+    def supernode(
+        self, partition: int, n: int, *extra: str, name: str | None = None, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
+        """A SuperNode holding client ``partition`` of ``n``; ``env`` adds to its environment (and its apps')."""
         port = free_port()
         self.ports.append(port)
         return self.start(
@@ -369,10 +445,17 @@ class LoopbackFederation:
             "--port",
             str(port),
             *extra,
+            env=env,
         )
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text()
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """Stop one process of the federation and what it started (a SuperNode going down)."""
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def survivors(self) -> list[str]:
         """Flower processes of this federation still alive (matched by its ports)."""

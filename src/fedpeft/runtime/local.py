@@ -75,12 +75,14 @@ class LocalRuntime:
         on_step: Callable[[int, int], None] | None = None,
         hook_for: Callable[[int, TensorDict], ClientHook | None] | None = None,
         client_states: Mapping[int, TensorDict] | None = None,
+        on_client_failed: Callable[[int, str], None] | None = None,
     ) -> list[ClientUpdate]:
         """Train each sampled client from ``global_state`` (or, for personalised strategies, from its own
         entry in ``client_states`` where it has one); batch order and dropout are seeded by (run seed,
         round, client) so any client round replays identically. ``hook_for(client, start)`` gives the
         strategy's change to that client's local training, given the state the client starts from (at its
-        own rank). Updates come back at the global rank and scaling."""
+        own rank). Updates come back at the global rank and scaling. ``on_client_failed`` is the runtime
+        interface's report of a lost client; in one process an exception is the run's, so it is not called."""
         updates = []
         for cid in client_ids:
             examples = self.client_examples[cid]
