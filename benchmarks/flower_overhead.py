@@ -9,6 +9,10 @@ the rounds after the first (warm-up), and its excess over ``local``. The final a
 
     python benchmarks/flower_overhead.py                       # builtin:small, 8 rounds of 4 steps
     python benchmarks/flower_overhead.py --model builtin:micro --rounds 6
+    python benchmarks/flower_overhead.py --model builtin:micro --rounds 4 --steps 1 \
+        --runtimes local,flower-deployment --set peft.r=73728    # 160 MB per message, a 7B LoRA's size
+
+The table also gives each message's adapter size (what a client downloads and uploads per round).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per client round")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a config override (repeatable)")
     args = parser.parse_args()
     if args.rounds < 4:
         parser.error("--rounds must be at least 4 (one warm-up, one evaluated, two measured)")
@@ -55,6 +60,7 @@ def main() -> None:
             "eval.every=0",
             "eval.clients=false",
             f"output.dir={tmp}/runs",
+            *args.overrides,
         ]
         for runtime in args.runtimes.split(","):
             federation = None
@@ -71,12 +77,19 @@ def main() -> None:
                 if federation is not None:
                     federation.stop()
             seconds = round_seconds(run_dir, args.rounds)
+            records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            sizes = [r["bytes_up"] for r in records if r.get("type") == "client"]
             results[runtime] = {"median": statistics.median(seconds), "rounds": seconds, "dir": run_dir}
+            results[runtime] |= {"mb": max(sizes) / 1e6, "rss": summary["peak_rss_mb"]}
             print(f"{runtime}: rounds 2..{args.rounds - 1} seconds {[round(s, 2) for s in seconds]}", flush=True)
         base = results.get("local")
-        print(f"\nmodel {args.model}, one client per round, {args.steps} steps per client round")
-        print("| runtime | median round (s) | overhead vs local (s) | max abs adapter difference vs local |")
-        print("| --- | --- | --- | --- |")
+        print(
+            f"\nmodel {args.model} {' '.join(args.overrides)}, one client per round, {args.steps} steps per client round"
+        )
+        print(
+            "| runtime | message MB | median round (s) | overhead vs local (s) | max abs adapter difference vs local |"
+        )
+        print("| --- | --- | --- | --- | --- |")
         for runtime, r in results.items():
             over = f"{r['median'] - base['median']:+.2f}" if base else "-"
             diff = "-"
@@ -84,7 +97,7 @@ def main() -> None:
                 a = load_file(base["dir"] / "adapter" / "adapter_model.safetensors")
                 b = load_file(r["dir"] / "adapter" / "adapter_model.safetensors")
                 diff = f"{max(float((a[k] - b[k]).abs().max()) for k in a):.2e}"
-            print(f"| {runtime} | {r['median']:.2f} | {over} | {diff} |")
+            print(f"| {runtime} | {r['mb']:.1f} | {r['median']:.2f} | {over} | {diff} |")
 
 
 if __name__ == "__main__":

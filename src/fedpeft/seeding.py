@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-PURPOSES = ("data", "sampling", "init", "train", "teacher", "distill")
+PURPOSES = ("data", "sampling", "init", "train", "teacher", "distill", "dp_noise")
 
 
 def _entropy(seed: int, purpose: str, keys: tuple[int, ...]) -> list[int]:

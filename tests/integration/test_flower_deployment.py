@@ -38,14 +38,20 @@ def federation(tmp_path):
 
 @pytest.mark.slow
 def test_loopback_deployment_gives_the_local_runtime_s_adapter(micro_config, federation):
+    """With LoRA rank 4096 on the micro model every message carries 8.9 MB of adapter, above gRPC's default
+    4 MB message size: Flower splits arrays into chunks, and the result is still the local one."""
     federation.superlink()
     for i in range(2):
         federation.supernode(i, 2)
-    local_dir, local = run_experiment(micro_config(*TWO_BY_TWO), quiet=True)
-    deployed = micro_config(*TWO_BY_TWO, "runtime=flower-deployment", f"flower.superlink={federation.address}")
+    big = [*TWO_BY_TWO, "peft.r=4096"]
+    local_dir, local = run_experiment(micro_config(*big), quiet=True)
+    deployed = micro_config(*big, "runtime=flower-deployment", f"flower.superlink={federation.address}")
     flower_dir, flower = run_experiment(deployed, quiet=True)
     assert_same_run(local_dir, local, flower_dir, flower)
     assert "runtime: flower-deployment" in (flower_dir / "config.yaml").read_text()
+    lines = (flower_dir / "metrics.jsonl").read_text().splitlines()
+    sizes = [r["bytes_up"] for r in map(json.loads, lines) if r["type"] == "client"]
+    assert len(sizes) == 4 and min(sizes) > 8 * 2**20  # each update, and each download, over 8 MiB
 
 
 @pytest.mark.slow

@@ -86,6 +86,7 @@ def test_settings_errors_name_the_key_and_the_valid_ones():
     with pytest.raises(ValueError, match="valid: none"):
         build_strategy("fedavg", {"mu": 1})
     assert build_strategy("fedprox", {"mu": 1}).settings.mu == 1.0  # YAML ints are floats here
+    assert build_strategy("fedprox", {"mu": "1e-4"}).settings.mu == 1e-4  # YAML 1.1 reads 1e-4 as a string
 
 
 @pytest.fixture

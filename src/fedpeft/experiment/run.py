@@ -320,6 +320,7 @@ def server_context(config: RunConfig, model, tokenizer, data: FederatedData, arg
         probabilities=probabilities,
         lora_aggregation=config.fl.lora_aggregation,
         heterogeneous_ranks=ClientRanks.build(config.peft.r, config.peft.client_ranks) is not None,
+        sample_rate=clients_per_round(config.fl.clients, config.fl.fraction) / config.fl.clients,
     )
 
 
@@ -642,6 +643,7 @@ def finish(state: RunState, status: str, started: float, error: str | None = Non
         "total_parameters": total_params,
         "trainable_percent": round(100.0 * trainable / total_params, 4),
         "adapter": str(run_dir / rd.ADAPTER_DIR) if status == "completed" else None,
+        **{k: rounds[-1][k] for k in ("dp_epsilon", "dp_delta") if rounds and k in rounds[-1]},
         **({"error": error} if error else {}),
     }
     rd.write_json(run_dir / rd.SUMMARY_FILE, summary)

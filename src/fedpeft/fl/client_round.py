@@ -63,7 +63,9 @@ class LocalTrainingArgs:
 
 class ClientHook(Protocol):
     """A strategy's change to local training, applied once per optimizer step after the step's gradients
-    are complete and before clipping (e.g. FedProx adds the gradient of mu/2 * ||theta - theta_global||^2)."""
+    are complete and before clipping (e.g. FedProx adds the gradient of mu/2 * ||theta - theta_global||^2).
+    A hook may also define ``finish_update(state) -> state``: what the client sends instead of its trained
+    state (DP-FedAvg's client-side clipping)."""
 
     def correct_gradients(self, params: dict[str, torch.nn.Parameter]) -> None: ...
 
@@ -254,9 +256,13 @@ def train_client_round(
         if on_step is not None:
             on_step(step + 1, total_steps)
     model.eval()
+    state = get_trainable_state(model)
+    finish_update = getattr(hook, "finish_update", None)
+    if finish_update is not None:
+        state = finish_update(state)
     return ClientUpdate(
         client_id=client_id,
-        state=get_trainable_state(model),
+        state=state,
         num_examples=len(examples),
         num_steps=total_steps,
         train_loss=loss_sum / max(token_total, 1),

@@ -2,6 +2,7 @@
 
 from fedpeft.fl.strategies import (  # noqa: F401  (each module registers its strategies)
     baselines,
+    dp_fedavg,
     fedadagrad,
     fedadam,
     fedavg,

@@ -56,6 +56,8 @@ class ServerContext:
     lora_aggregation: str = "separate"
     heterogeneous_ranks: bool = False
     """Clients train LoRA adapters of different ranks (``peft.client_ranks``)."""
+    sample_rate: float = 1.0
+    """Clients sampled per round / clients (privacy accounting)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +161,11 @@ def parse_settings(name: str, settings_cls: type, args: Mapping[str, Any]) -> An
     values = {}
     for key, raw in args.items():
         kind = hints[key]
+        if kind is float and isinstance(raw, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                raw = float(raw)
+            except ValueError:
+                pass
         if kind is float and isinstance(raw, int | float) and not isinstance(raw, bool):
             values[key] = float(raw)
         elif kind is int and isinstance(raw, int) and not isinstance(raw, bool):
