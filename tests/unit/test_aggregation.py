@@ -66,7 +66,7 @@ def test_strategy_registry_rejects_duplicates_and_lists_valid_names():
                 return global_state
 
     assert "fedavg" in STRATEGIES
-    with pytest.raises(ValueError, match="valid strategies: centralised, fedadagrad, fedadam, fedavg,"):
+    with pytest.raises(ValueError, match="valid strategies: centralised, dp-fedavg, fedadagrad, fedadam, fedavg,"):
         build_strategy("fedmagic")
 
 

@@ -268,6 +268,30 @@ class FlowerConfig(Section):
     connect_timeout: float = Field(
         120.0, gt=0, description="flower-deployment / flower-sim: seconds the server waits for every client's node."
     )
+    secure_aggregation: bool = Field(
+        False,
+        description="SecAgg+ (Flower's SecAggPlusWorkflow and secaggplus_mod): clients send masked states and the "
+        "server learns only their example-weighted mean. Flower runtimes, fedavg/fedprox, >= 2 clients per round.",
+    )
+    secagg_num_shares: float = Field(
+        1.0,
+        gt=0,
+        description="SecAgg+: secret shares per client, as a fraction of the round's clients (<= 1) or a count.",
+    )
+    secagg_reconstruction_threshold: float = Field(
+        1.0,
+        gt=0,
+        description="SecAgg+: shares needed to reconstruct a secret, as a fraction of num_shares (<= 1) or a count; "
+        "lower tolerates more dropouts, higher resists more collusion.",
+    )
+    secagg_clipping_range: float = Field(
+        8.0, gt=0, description="SecAgg+: each value is clipped to [-range, range] before quantization."
+    )
+    secagg_quantization_range: int = Field(
+        2**22,
+        gt=1,
+        description="SecAgg+: values are quantized to this many levels (resolution 2*clipping_range/levels).",
+    )
 
 
 class OutputConfig(Section):
@@ -311,9 +335,31 @@ class RunConfig(Section):
                 f"train.packing puts several documents in one row; peft.method={self.peft.method} prepends its "
                 "virtual tokens once per row, so documents after the first would not see them. Turn packing off"
             )
+        if self.flower.secure_aggregation:
+            self._check_secure_aggregation()
         if self.train.packing and self.data.task in ("code_search", "defect", "clone", "text_classification"):
             raise ValueError(
                 f"train.packing applies to the token-predicting tasks (instruction, completion, code_to_text); "
                 f"data.task={self.data.task} scores whole examples"
             )
         return self
+
+    def _check_secure_aggregation(self) -> None:
+        """SecAgg+ reveals only the example-weighted mean of the clients' states: it needs Flower's processes,
+        a strategy whose aggregate is that mean, and at least two clients per round."""
+        where = "flower.secure_aggregation=true"
+        if self.runtime == "local":
+            raise ValueError(
+                f"{where} masks what clients send to a server; use runtime=flower-sim or flower-deployment"
+            )
+        if self.fl.strategy not in ("fedavg", "fedprox"):
+            raise ValueError(
+                f"{where} gives the server only the example-weighted mean of the clients' states, which is what "
+                f"fedavg and fedprox aggregate; fl.strategy={self.fl.strategy} needs each client's state"
+            )
+        if self.fl.lora_aggregation != "separate" or self.peft.client_ranks:
+            raise ValueError(
+                f"{where} averages the states as they are: use fl.lora_aggregation=separate, no peft.client_ranks"
+            )
+        if clients_per_round(self.fl.clients, self.fl.fraction) < 2:
+            raise ValueError(f"{where} needs at least 2 clients per round (a mean of one reveals it)")

@@ -18,10 +18,10 @@ from flwr.serverapp import ServerApp
 
 from fedpeft.config.recipes import dump_config, validate_config
 from fedpeft.config.schema import RunConfig
-from fedpeft.runtime.flower import ClientSide, FlowerRuntime, client_query, client_train
+from fedpeft.runtime.flower import ClientSide, FlowerRuntime, client_query, client_train, secure_aggregation_mod
 from fedpeft.runtime.local import LocalRuntime
 
-client_app = ClientApp()
+client_app = ClientApp(mods=[secure_aggregation_mod])
 
 
 def build_client_side(config_text: str) -> ClientSide:
@@ -50,7 +50,19 @@ def serve(grid, config: RunConfig, run: Any) -> Any:
     config_text = dump_config(config)
 
     def wrap(local: LocalRuntime) -> FlowerRuntime:
-        runtime = FlowerRuntime(grid, local, config_text, config.flower.round_timeout)
+        f = config.flower
+        secagg = None
+        if f.secure_aggregation:
+            # Flower reads a float as a fraction and an int as a count
+            secagg = {
+                "num_shares": f.secagg_num_shares if f.secagg_num_shares <= 1 else int(f.secagg_num_shares),
+                "reconstruction_threshold": f.secagg_reconstruction_threshold
+                if f.secagg_reconstruction_threshold <= 1
+                else int(f.secagg_reconstruction_threshold),
+                "clipping_range": f.secagg_clipping_range,
+                "quantization_range": f.secagg_quantization_range,
+            }
+        runtime = FlowerRuntime(grid, local, config_text, f.round_timeout, secagg)
         runtime.discover(config.fl.clients, wait_seconds=config.flower.connect_timeout)
         return runtime
 

@@ -56,12 +56,22 @@ def from_record(record) -> TensorDict:
 class FlowerRuntime:
     """A runtime whose clients answer through a Flower ``Grid`` (Simulation Engine or deployment)."""
 
-    def __init__(self, grid, local: LocalRuntime, config_text: str, timeout: float | None = None):
+    def __init__(
+        self,
+        grid,
+        local: LocalRuntime,
+        config_text: str,
+        timeout: float | None = None,
+        secagg: Mapping[str, Any] | None = None,
+    ):
         self.grid = grid
         self.local = local
         self.config_text = config_text
         """The run's resolved configuration (YAML), sent with every round: a SuperNode builds its client from it."""
         self.timeout = timeout
+        self.secagg = dict(secagg) if secagg is not None else None
+        """SecAgg+ settings (``num_shares``, ``reconstruction_threshold``, ``clipping_range``,
+        ``quantization_range`` of Flower's SecAggPlusWorkflow); None: clients send their states as they are."""
         self.args, self.ranks, self.transport = local.args, local.ranks, local.transport
         self.nodes: dict[int, int] = {}
 
@@ -119,6 +129,14 @@ class FlowerRuntime:
 
         if not self.nodes:
             raise FlowerRoundError("FlowerRuntime.discover() must run before the first round")
+
+        def failed(cid: int, reason: str) -> None:
+            if on_client_failed is None:
+                raise FlowerRoundError(f"round {server_round}: client {cid} failed: {reason}")
+            on_client_failed(cid, reason)
+
+        if self.secagg is not None:
+            return self.secure_round(server_round, client_ids, global_state, failed, on_client_start)
         messages = []
         for cid in client_ids:
             start = (client_states or {}).get(cid, global_state)
@@ -133,11 +151,6 @@ class FlowerRuntime:
             )
             if on_client_start is not None:
                 on_client_start(cid, count_local_steps(len(self.local.client_examples[cid]), self.args))
-
-        def failed(cid: int, reason: str) -> None:
-            if on_client_failed is None:
-                raise FlowerRoundError(f"round {server_round}: client {cid} failed: {reason}")
-            on_client_failed(cid, reason)
 
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
         # The grid stamps each message with its id as it pushes it; replies (and the SuperLink's own error
@@ -162,8 +175,87 @@ class FlowerRuntime:
                 failed(cid, f"no reply within flower.round_timeout={self.timeout} s")
         return [by_client[cid] for cid in client_ids if cid in by_client]
 
+    def secure_round(
+        self,
+        server_round: int,
+        client_ids: Sequence[int],
+        global_state: TensorDict,
+        failed: Callable[[int, str], None],
+        on_client_start: Callable[[int, int], None] | None = None,
+    ) -> list[ClientUpdate]:
+        """A round under SecAgg+ (Flower's SecAggPlusWorkflow, through its legacy strategy interface): each
+        client sends its state masked, and the server learns only the example-weighted mean of the states
+        of the clients that completed the protocol. Every returned update carries that mean as its state
+        (with the client's own counts and loss), so FedAvg's mean of them is the secure aggregate itself."""
+        import flwr.compat.common.recorddict_compat as compat
+        from flwr.app import ConfigRecord, Context, RecordDict
+        from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+        from flwr.server.compat.legacy_context import LegacyContext
+        from flwr.server.workflow import SecAggPlusWorkflow
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+        names = sorted(global_state)
+        parameters = ndarrays_to_parameters([global_state[n].detach().cpu().float().numpy() for n in names])
+        round_ = _SecureRound()
+        for cid in client_ids:
+            config = {"round": server_round, "client": cid, "run_config": self.config_text, "names": "\n".join(names)}
+            round_.fitins.append((_NodeProxy(self.nodes[cid]), FitIns(parameters, config)))
+            if on_client_start is not None:
+                on_client_start(cid, count_local_steps(len(self.local.client_examples[cid]), self.args))
+        context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=round_)
+        context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: server_round})
+        context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(parameters, True)
+        heaviest = max(len(self.local.client_examples[cid]) for cid in client_ids)
+        SecAggPlusWorkflow(**self.secagg, max_weight=float(heaviest), timeout=self.timeout)(self.grid, context)
+        client_of = {node: cid for cid, node in self.nodes.items()}
+        if round_.aggregate is None:
+            for cid in client_ids:
+                failed(cid, "secure aggregation halted: fewer clients than its threshold completed the protocol")
+            return []
+        arrays = parameters_to_ndarrays(round_.aggregate)
+        mean = {n: torch.from_numpy(a.copy()).to(global_state[n].dtype) for n, a in zip(names, arrays, strict=True)}
+        updates = {}
+        for proxy, fitres in round_.results:
+            cid, m = client_of[proxy.node_id], fitres.metrics
+            updates[cid] = ClientUpdate(
+                client_id=cid,
+                state=mean,
+                num_examples=int(fitres.num_examples),
+                num_steps=int(m["num_steps"]),
+                train_loss=float(m["train_loss"]),
+                seconds=float(m["seconds"]),
+            )
+        for cid in client_ids:
+            if cid not in updates:
+                failed(cid, "dropped out of the secure aggregation round")
+        return [updates[cid] for cid in client_ids if cid in updates]
+
     def train_pooled(self, *args: Any, **kwargs: Any) -> list[ClientUpdate]:
         raise FlowerRoundError("the centralised baseline pools every client's rows in one place: use runtime=local")
+
+
+@dataclass
+class _NodeProxy:
+    node_id: int
+
+
+class _SecureRound:
+    """The two legacy Strategy calls SecAggPlusWorkflow makes for one round: which nodes get which FitIns,
+    and the (securely aggregated) result."""
+
+    def __init__(self) -> None:
+        self.fitins: list[tuple[_NodeProxy, Any]] = []
+        self.results: list[tuple[_NodeProxy, Any]] = []
+        self.aggregate = None
+
+    def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[_NodeProxy, Any]]:
+        return self.fitins
+
+    def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
+        # every result's parameters are already the unmasked weighted mean
+        self.results = list(results)
+        self.aggregate = results[0][1].parameters if results else None
+        return self.aggregate, {}
 
 
 def _error_reason(reason: str) -> str:
@@ -229,15 +321,14 @@ def apply_fault(kind: str, state: TensorDict) -> TensorDict:
 
 def client_train(message, build: Callable[[str], ClientSide]):
     """A ClientApp's train handler: one client round from the received state; the reply carries the new
-    state and the round's figures."""
+    state and the round's figures. A SecAgg+ round arrives in Flower's legacy FitIns form (see
+    :func:`client_train_legacy`)."""
     from flwr.app import Message, MetricRecord, RecordDict
 
+    if LEGACY_FITINS in message.content:
+        return client_train_legacy(message, build)
     config = message.content["config"]
-    text = str(config["run_config"])
-    if text not in _CLIENT_CACHE:
-        _CLIENT_CACHE.clear()  # one run per process at a time: free the previous run's model
-        _CLIENT_CACHE[text] = build(text)
-    side = _CLIENT_CACHE[text]
+    side = _client_side(str(config["run_config"]), build)
     cid, server_round = int(config["client"]), int(config["round"])
     start = from_record(message.content["arrays"])
     fault = injected_fault(server_round, cid)
@@ -258,6 +349,48 @@ def client_train(message, build: Callable[[str], ClientSide]):
     )
     reply = RecordDict({"arrays": to_record(update.state), "metrics": metrics})
     return Message(reply, reply_to=message)
+
+
+def _client_side(config_text: str, build: Callable[[str], ClientSide]) -> ClientSide:
+    if config_text not in _CLIENT_CACHE:
+        _CLIENT_CACHE.clear()  # one run per process at a time: free the previous run's model
+        _CLIENT_CACHE[config_text] = build(config_text)
+    return _CLIENT_CACHE[config_text]
+
+
+LEGACY_FITINS = "fitins.parameters"
+
+
+def client_train_legacy(message, build: Callable[[str], ClientSide]):
+    """The train handler for a SecAgg+ round: Flower's legacy FitIns in (the global state as an ordered list
+    of arrays, their names in the config), FitRes out; Flower's secaggplus_mod masks the reply's arrays
+    before they leave the node."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.app import Message
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
+    config = fitins.config
+    side = _client_side(str(config["run_config"]), build)
+    cid, server_round = int(config["client"]), int(config["round"])
+    names = str(config["names"]).split("\n")
+    arrays = parameters_to_ndarrays(fitins.parameters)
+    start = {n: torch.from_numpy(a.copy()) for n, a in zip(names, arrays, strict=True)}
+    (update,) = side.runtime.train_round(server_round, [cid], start, hook_for=side.hook_for)
+    metrics = {"client": cid, "num_steps": update.num_steps, "train_loss": update.train_loss, "seconds": update.seconds}
+    parameters = ndarrays_to_parameters([update.state[n].detach().cpu().float().numpy() for n in names])
+    fitres = FitRes(Status(Code.OK, ""), parameters, update.num_examples, metrics)
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=message)
+
+
+def secure_aggregation_mod(message, context, call_next):
+    """Flower's SecAgg+ client mod, for the messages of a SecAgg+ round only (the others pass through)."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if message.metadata.message_type == TRAIN and RECORD_KEY_CONFIGS in message.content.config_records:
+        return secaggplus_mod(message, context, call_next)
+    return call_next(message, context)
 
 
 def client_query(message, context):
