@@ -42,17 +42,20 @@ def logits(model, examples, pad_id, task):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
+QUANTISABLE = "model.name=builtin:micro64"
+
 CASES = (
     [("instruction", m, e) for m, e in METHODS]
     + [("defect", m, e) for m, e in METHODS if m in ("ia3", "prompt", "adapter_h", "full") or "peft.use_dora=true" in e]
     # a classification head (modules_to_save) with each kind of method; then quantised bases (bitsandbytes'
-    # CPU backend): QLoRA, LoRA on LLM.int8, a bottleneck adapter and prompt tuning on a 4-bit base
+    # CPU backend, on micro64 whose layers fit 4-bit CPU kernels): QLoRA, LoRA on LLM.int8, a bottleneck
+    # adapter and prompt tuning on a 4-bit base
     + [
-        ("instruction", "lora", ["model.quantization=4bit"]),
-        ("instruction", "lora", ["model.quantization=8bit"]),
-        ("instruction", "adapter_h", ["model.quantization=4bit", "peft.bottleneck_size=8"]),
-        ("instruction", "prompt", ["model.quantization=4bit", "peft.num_virtual_tokens=4"]),
-        ("defect", "lora", ["model.quantization=4bit"]),
+        ("instruction", "lora", [QUANTISABLE, "model.quantization=4bit"]),
+        ("instruction", "lora", [QUANTISABLE, "model.quantization=8bit"]),
+        ("instruction", "adapter_h", [QUANTISABLE, "model.quantization=4bit", "peft.bottleneck_size=8"]),
+        ("instruction", "prompt", [QUANTISABLE, "model.quantization=4bit", "peft.num_virtual_tokens=4"]),
+        ("defect", "lora", [QUANTISABLE, "model.quantization=4bit"]),
     ]
 )
 
@@ -94,7 +97,7 @@ def test_method_trains_only_its_tensors_and_reloads_with_its_library(micro_confi
     else:
         with torch_rng_scope(0, "init", 1):
             base = load_base_model(
-                "builtin:micro", "float32", head, TASK_NUM_LABELS.get(task, 2), quantization=config.model.quantization
+                config.model.name, "float32", head, TASK_NUM_LABELS.get(task, 2), quantization=config.model.quantization
             ).model
         if method in BOTTLENECK_KINDS:
             reloaded = load_bottleneck(base, tmp_path / "saved")

@@ -130,6 +130,41 @@ def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# bitsandbytes' CPU kernels dequantise a 4-bit weight correctly only when each row is a whole number of
+# quantisation blocks (checked against a reference NF4 dequantisation: with in_features 32, 48 or 96 the
+# AVX-512 kernel returns wrong weights; 40 or 128 are right). One rule on every CPU keeps the verdict the
+# same on every machine.
+CPU_4BIT_RULE = "in_features a multiple of the {block}-value quantisation block"
+
+
+def check_quantized_layers(model: torch.nn.Module, name: str, quantization: str, device: torch.device) -> None:
+    """Refuse a 4-bit base whose quantised layers the CPU kernels cannot compute correctly (naming the layer,
+    its size and the rule), and put every 4-bit layer on bitsandbytes' portable path.
+
+    The portable path: bitsandbytes repacks a 4-bit weight for its AVX512-BF16 inference kernel the first time
+    a layer runs in eval mode without gradients, on CPUs that have the instructions. That kernel computes in
+    bfloat16 (other numbers than on a CPU without it), needs out_features divisible by 32, and the repacked
+    weight breaks the next training pass. fedpeft evaluates and trains clients in turn, so every layer
+    dequantises to the compute dtype instead, on every CPU."""
+    import bitsandbytes as bnb
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for _, module in layers:
+        module.support_avx512bf16_for_cpu = False
+    if quantization != "4bit" or device.type != "cpu":
+        return
+    bad = [(n, m) for n, m in layers if m.in_features % m.weight.blocksize]
+    if bad:
+        layer, module = bad[0]
+        others = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        rule = CPU_4BIT_RULE.format(block=module.weight.blocksize)
+        raise ModelLoadError(
+            f"model.name={name!r} cannot be quantised to 4 bits on the CPU: layer {layer} has "
+            f"in_features={module.in_features} (out_features={module.out_features}){others}; bitsandbytes' CPU "
+            f"kernels need {rule}. Use model.quantization=8bit or none, or a CUDA GPU (model.device=cuda)"
+        )
+
+
 def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None))
 
@@ -191,6 +226,7 @@ def load_base_model(
     else:
         from peft import prepare_model_for_kbit_training
 
+        check_quantized_layers(model, name, quantization, target)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     for param in model.parameters():
         param.requires_grad_(False)

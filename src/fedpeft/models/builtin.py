@@ -4,7 +4,8 @@ tokenizer trained on the stdlib corpus.
 Notable choices:
 - One name picks a size, as nanochat does. ``builtin:small`` is pretrained by ``fedpeft pretrain`` and
   shipped as package data with its model card (``models/pretrained/small``); ``builtin:tiny`` and
-  ``builtin:micro`` are seeded random inits for benchmarks and tests, built once into the cache.
+  ``builtin:micro`` (and ``builtin:micro64``, its 64-wide twin that 4-bit CPU kernels take) are seeded
+  random inits for benchmarks and tests, built once into the cache.
 - Random-init builds train their tokenizer on the corpus 'train' split only, like the pretrained model.
 - Either way the model is an ordinary Hugging Face model directory, so peft adapters point at a real
   path that ``from_pretrained`` loads.
@@ -42,6 +43,8 @@ class BuiltinSize:
 
 BUILTIN_SIZES: dict[str, BuiltinSize] = {
     "micro": BuiltinSize(512, 32, 64, 1, 2, 512, pretrained=False),
+    # micro with every linear layer's in_features a multiple of 64: the smallest model 4-bit CPU kernels take.
+    "micro64": BuiltinSize(512, 64, 128, 1, 2, 512, pretrained=False),
     "tiny": BuiltinSize(4096, 128, 352, 2, 4, 1024, pretrained=False),
     "small": BuiltinSize(4096, 192, 512, 4, 6, 1024, pretrained=True),
 }
