@@ -16,6 +16,9 @@ from fedpeft.reporting.checkpoint import list_checkpoints, load_checkpoint
 from fedpeft.runtime.flower import FAULT_ENV, apply_fault
 from tests.integration.test_flower_runtime import TWO_BY_TWO, adapter, assert_same_run, ray_processes_after_shutdown
 
+# Equivalence with the local runtime needs the same arithmetic on both sides (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class FaultyRuntime:
     """The local runtime with faults injected into chosen (round, client) updates: a fault drill's kind

@@ -25,6 +25,9 @@ from fedpeft.runtime.flower import (
 )
 from tests.integration.test_flower_runtime import TWO_BY_TWO, adapter, assert_same_run
 
+# Equivalence with the local runtime needs the same arithmetic on both sides (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture
 def federation(tmp_path):

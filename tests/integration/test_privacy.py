@@ -17,6 +17,10 @@ from tests.integration.test_flower_runtime import TWO_BY_TWO, adapter, assert_sa
 C = 1e-3
 
 
+# Equivalence with the local runtime needs the same arithmetic on both sides (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def round_two_step(run_dir) -> float:
     """Norm of the global adapter's change in round 2 (checkpoints of rounds 1 and 2)."""
     first, second = (load_checkpoint(p).global_state for p in list_checkpoints(run_dir))
