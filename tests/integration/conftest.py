@@ -48,3 +48,27 @@ def one_thread(monkeypatch: pytest.MonkeyPatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+ADAM_MAX_STEP = 0.1 / 0.001**0.5
+"""The largest move of one element in one AdamW step, in units of the learning rate: (1 - beta1) / sqrt(1 -
+beta2) with torch's default betas (0.9, 0.999), reached when a gradient jumps from ~0."""
+
+
+def assert_updates_agree(a: dict, b: dict, lr: float, steps: int, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Two client updates from the same data whose float sums were taken in another order (packed vs padded
+    rows, accumulated micro-batches, another library's kernel). AdamW normalises each element's gradient by its
+    own running magnitude, so an element whose gradient is ~0 can move by a whole step on a last-bit
+    difference: every element must stay within ``steps`` such steps (plus weight decay's share), and all but
+    1% of the elements within rtol/atol. A wrong update (another loss normalisation, a dropped micro-batch)
+    moves most elements far beyond that."""
+    import torch
+
+    assert a.keys() == b.keys()
+    x = torch.cat([a[k].detach().flatten().double() for k in a])
+    y = torch.cat([b[k].detach().flatten().double() for k in a])
+    diff = (x - y).abs()
+    bound = steps * lr * (ADAM_MAX_STEP + 1)
+    assert float(diff.max()) <= bound, f"max |diff| {float(diff.max()):.3g} > {steps} AdamW steps ({bound:.3g})"
+    loose = diff > atol + rtol * y.abs()
+    assert float(loose.double().mean()) <= 0.01, f"{int(loose.sum())} of {diff.numel()} elements beyond rtol/atol"
