@@ -63,15 +63,14 @@ def main() -> None:
             *args.overrides,
         ]
         for runtime in args.runtimes.split(","):
-            federation = None
+            federation = LoopbackFederation(Path(tmp)) if runtime == "flower-deployment" else None
             extra = [f"runtime={runtime}"]
-            if runtime == "flower-deployment":
-                federation = LoopbackFederation(Path(tmp))
-                federation.superlink()
-                for i in range(2):
-                    federation.supernode(i, 2)
-                extra.append(f"flower.superlink={federation.address}")
             try:
+                if federation is not None:
+                    federation.superlink()
+                    for i in range(2):
+                        federation.supernode(i, 2)
+                    extra.append(f"flower.superlink={federation.address}")
                 run_dir, summary = run_experiment(load_config("default", [*common, *extra]), quiet=True)
             finally:
                 if federation is not None:

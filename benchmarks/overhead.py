@@ -65,9 +65,8 @@ def plain(args) -> dict:
 
     from fedpeft.config import load_config
     from fedpeft.experiment import run as run_module
-    from fedpeft.fl.client_round import batch_order, token_loss_sum
+    from fedpeft.fl.client_round import OBJECTIVES, batch_order
     from fedpeft.seeding import numpy_rng
-    from fedpeft.tensors.batching import collate_causal_lm, count_target_tokens
 
     with tempfile.TemporaryDirectory() as out:
         config = load_config("default", common_overrides(args, args.clients, out))
@@ -83,12 +82,13 @@ def plain(args) -> dict:
             ]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    pad = state.tokenizer.pad_token_id
+    local = state.runtime.args
+    objective = OBJECTIVES[local.head]
     model.train()
     t0 = time.perf_counter()
     for rows in batches:
-        batch = collate_causal_lm(rows, pad, mask_prompt=True)
-        loss = token_loss_sum(model, batch) / max(count_target_tokens(batch["labels"]), 1)
+        batch = objective.collate(rows, local.pad_id, local.mask_prompt)
+        loss = objective.loss_sum(model, batch) / max(objective.count(batch), 1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
