@@ -637,7 +637,7 @@ def make_certificates(directory, hosts: Sequence[str] = ("127.0.0.1", "localhost
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days))
 
     def name(common: str) -> x509.Name:
