@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fedpeft.config.recipes import ConfigError, list_recipes, load_config
+from fedpeft.config.recipes import list_recipes, load_config
+from fedpeft.errors import FedpeftError
+
+INTERRUPTED = 130
+"""Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it."""
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated parameter-efficient fine-tuning.")
 
@@ -16,6 +22,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated pa
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _reported(interrupted: str = "") -> Iterator[None]:
+    """Report a user-facing error as ``error: <message>`` with its exit code (2; an interrupted run 130, with
+    ``interrupted`` appended). Anything else is a bug in fedpeft and keeps its traceback."""
+    try:
+        yield
+    except FedpeftError as err:
+        _fail(f"{err}{interrupted}" if err.exit_code == INTERRUPTED else str(err), code=err.exit_code)
 
 
 @app.command()
@@ -44,10 +60,8 @@ def show_config(
     """Print the fully resolved configuration of a recipe plus overrides, as YAML."""
     from fedpeft.config.recipes import dump_config
 
-    try:
+    with _reported():
         typer.echo(dump_config(load_config(recipe, list(set_ or []))), nl=False)
-    except ConfigError as err:
-        _fail(str(err))
 
 
 @app.command()
@@ -64,33 +78,16 @@ def run(
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Run a federated fine-tuning job."""
-    from fedpeft.data.partition import PartitionError
-    from fedpeft.data.sources import DataSourceError
-    from fedpeft.experiment.run import RunInterrupted, run_experiment
-    from fedpeft.fl.screening import TooFewUpdatesError
-    from fedpeft.models.base import ModelLoadError
-    from fedpeft.runtime.flower import FlowerConnectionError, FlowerRoundError
+    from fedpeft.experiment.run import run_experiment
 
     overrides = list(set_ or [])
-    try:
+    if resume is not None and not resume.is_dir():
+        _fail(f"--resume {resume}: no such run directory")
+    with _reported():
         if resume is not None:
-            if not resume.is_dir():
-                _fail(f"--resume {resume}: no such run directory")
             run_dir, summary = run_experiment(resume_dir=resume, overrides=overrides, quiet=quiet)
         else:
             run_dir, summary = run_experiment(load_config(recipe, overrides), quiet=quiet)
-    except (
-        ConfigError,
-        PartitionError,
-        ModelLoadError,
-        DataSourceError,
-        FlowerConnectionError,
-        FlowerRoundError,
-        TooFewUpdatesError,
-    ) as err:
-        _fail(str(err))
-    except RunInterrupted as err:
-        _fail(str(err), code=130)
     final = summary["final_eval"] or {}
     typer.echo(
         f"done: {summary['rounds_completed']} rounds, eval loss {final.get('loss', float('nan')):.4f}, "
@@ -129,23 +126,15 @@ def compare(
     """Run several strategies or PEFT methods on one recipe (same split, seed and step budget) and write a
     table (metric, trainable parameters, MB per round, peak memory, time) and a plot.
     Without --strategies or --methods: fedavg,local,centralised."""
-    from fedpeft.data.partition import PartitionError
-    from fedpeft.data.sources import DataSourceError
     from fedpeft.experiment.compare import COMPARE_PLOT, COMPARE_TABLE
     from fedpeft.experiment.compare import compare as run_compare
-    from fedpeft.experiment.run import RunInterrupted
-    from fedpeft.models.base import ModelLoadError
 
-    try:
+    with _reported(interrupted="; finished entries are in the comparison table"):
         if strategies is None and methods is None:
             strategies = "fedavg,local,centralised"
         root, _ = run_compare(
             recipe, strategies, list(set_ or []), out, quiet=quiet, log=typer.echo, methods=methods, isolate=isolate
         )
-    except (ConfigError, PartitionError, ModelLoadError, DataSourceError) as err:
-        _fail(str(err))
-    except RunInterrupted as err:
-        _fail(f"{err}; finished entries are in the comparison table", code=130)
     typer.echo((root / COMPARE_TABLE).read_text(), nl=False)
     typer.echo(f"table: {root / COMPARE_TABLE}  plot: {root / COMPARE_PLOT}")
 
@@ -171,15 +160,10 @@ def partition(
     png: Annotated[Path, typer.Option(help="Where to write the clients x categories heatmap.")] = Path("partition.png"),
 ) -> None:
     """Show how a recipe splits its data: a clients x categories table and a heatmap PNG."""
-    from fedpeft.data.partition import PartitionError
-    from fedpeft.data.sources import DataSourceError
     from fedpeft.experiment.partition_report import partition_report
-    from fedpeft.models.base import ModelLoadError
 
-    try:
+    with _reported():
         partition_report(load_config(recipe, list(set_ or [])), png)
-    except (ConfigError, PartitionError, ModelLoadError, DataSourceError) as err:
-        _fail(str(err))
 
 
 @app.command()
@@ -258,9 +242,10 @@ def superlink(
 
     if certificates is None and host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: no --certificates: the SuperLink on {host} accepts plain-text connections", err=True)
-    command = superlink_command(
-        host, port, _certificates(certificates), str(database) if database else None, supernode_auth
-    )
+    with _reported():
+        command = superlink_command(
+            host, port, _certificates(certificates), str(database) if database else None, supernode_auth
+        )
     _exec_flower(command, dry_run)
 
 
@@ -284,12 +269,12 @@ def supernode(
     dry_run: Annotated[bool, typer.Option(help="Print the command and exit.")] = False,
 ) -> None:
     """Start a Flower SuperNode holding one client's partition (flower-supernode with its node config)."""
-    from fedpeft.runtime.flower import FlowerConnectionError, supernode_command
+    from fedpeft.runtime.flower import supernode_command
 
     for path in (root_certificates, auth_key):
         if path is not None and not path.is_file():
             _fail(f"{path}: no such file")
-    try:
+    with _reported():
         command = supernode_command(
             superlink_address,
             partition_id,
@@ -299,8 +284,6 @@ def supernode(
             str(auth_key) if auth_key else None,
             max_wait_time,
         )
-    except FlowerConnectionError as err:
-        _fail(str(err))
     _exec_flower(command, dry_run)
 
 
@@ -326,7 +309,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,16 @@
+import shutil
+
+import pytest
 import torch
 
-from fedpeft.reporting.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from fedpeft.reporting.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fedpeft.reporting.run_dir import MetricsLog
 
 
@@ -47,3 +57,53 @@ def test_a_torn_last_log_line_is_skipped(tmp_path):
     assert log.read() == [{"type": "round", "round": 1}]
     log.truncate_after(1)
     assert log.path.read_text() == '{"type": "round", "round": 1}\n'
+
+
+def _saved(tmp_path):
+    save_checkpoint(tmp_path, Checkpoint(1, {"a": torch.zeros(2, 3)}, {}, {}), keep=3)
+    return list_checkpoints(tmp_path)[-1]
+
+
+@pytest.mark.parametrize("keep", [0, 8, 40])
+def test_a_truncated_tensor_file_is_a_checkpoint_error_naming_it(tmp_path, keep):
+    path = _saved(tmp_path)
+    raw = (path / "global.safetensors").read_bytes()
+    (path / "global.safetensors").write_bytes(raw[:keep])
+    for read in (check_checkpoint, load_checkpoint):
+        with pytest.raises(CheckpointError, match=r"round-0001/global.safetensors cannot be read .*damaged"):
+            read(path)
+
+
+@pytest.mark.parametrize(
+    ("state", "problem"),
+    [
+        (b"{not json", r"state.json cannot be read \(JSONDecodeError\)"),
+        (b"\xff\xfe", r"state.json cannot be read \(UnicodeDecodeError\)"),
+        (b"[]", r"state.json is not a JSON object"),
+        (b'{"format": 2, "round": 1, "strategy": {}}', r"checkpoint format 2 is not 1"),
+        (b'{"format": 1, "round": 3, "strategy": {}}', r"round 3 is not the directory's round 1"),
+        (b'{"format": 1, "round": 1, "strategy": 5}', r"'strategy' is not a JSON object"),
+    ],
+)
+def test_a_damaged_state_json_is_a_checkpoint_error_naming_it(tmp_path, state, problem):
+    path = _saved(tmp_path)
+    (path / "state.json").write_bytes(state)
+    with pytest.raises(CheckpointError, match=problem):
+        load_checkpoint(path)
+
+
+def test_checkpoints_that_is_a_file_is_a_checkpoint_error_and_odd_names_are_ignored(tmp_path):
+    _saved(tmp_path)
+    odd = tmp_path / "checkpoints" / "round-latest"
+    odd.mkdir()
+    (odd / "state.json").write_text("{}")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["round-0001"]
+    shutil.rmtree(tmp_path / "checkpoints")
+    (tmp_path / "checkpoints").write_text("")
+    with pytest.raises(CheckpointError, match=r"checkpoints is not a directory"):
+        list_checkpoints(tmp_path)
+
+
+def test_check_checkpoint_reads_shapes_from_headers(tmp_path):
+    meta, shapes = check_checkpoint(_saved(tmp_path))
+    assert meta["round"] == 1 and shapes == {"a": (2, 3)}

@@ -65,3 +65,75 @@ def test_recipe_file_path_works(tmp_path):
     path.write_text(yaml.safe_dump({"fl": {"clients": 3}}))
     c = load_config(str(path))
     assert c.fl.clients == 3 and c.recipe == "mine"
+
+
+def test_recipe_path_that_is_a_directory_is_a_config_error(tmp_path):
+    (tmp_path / "mine.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"mine.yaml is a directory, not a YAML file"):
+        load_config(str(tmp_path / "mine.yaml"))
+
+
+def test_recipe_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_bytes("fl:\n  strategy: fedavg\nrecipe: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"mine.yaml is not UTF-8 text \(byte \d+\); save it as UTF-8"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# nothing but a comment\n", "---\n", "null\n"])
+def test_empty_recipe_file_is_refused_not_read_as_defaults(tmp_path, text):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"mine.yaml is empty; it must be a mapping of sections"):
+        load_config(str(path))
+
+
+def test_run_config_errors_name_the_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("fl: [1,\n")
+    with pytest.raises(ConfigError, match=r"run config .*config.yaml is not valid YAML"):
+        load_run_config(path)
+    path.write_text("fl: {rounds: three}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: invalid configuration:\n  fl.rounds: "):
+        load_run_config(path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(ConfigError, match=r"config.yaml is a directory"):
+        load_run_config(path)
+
+
+@pytest.mark.parametrize(
+    "override", ["train.lr=.inf", "data.dirichlet_alpha=.inf", "flower.round_timeout=.inf", "peft.alpha=-.inf"]
+)
+def test_non_finite_numbers_are_refused(override):
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}: Input should be a finite number"):
+        load_config("default", [override])
+
+
+def test_negative_seed_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"fl.seed: Input should be greater than or equal to 0 \(got -1\)"):
+        load_config("default", ["fl.seed=-1"])
+
+
+@pytest.mark.parametrize("key", ["recipe", "output.dir", "model.name", "data.source", "fl.strategy"])
+def test_a_nul_character_in_a_setting_is_refused(key):
+    with pytest.raises(ConfigError, match=rf"{key}: contains a NUL character"):
+        load_config("default", [f'{key}="a\\0b"'])
+
+
+@pytest.mark.parametrize("key", ["model.name", "data.source"])
+def test_a_path_under_an_unknown_home_directory_is_refused(key):
+    with pytest.raises(ConfigError, match=rf"{key}: starts with the home directory of an unknown user"):
+        load_config("default", [f"{key}=~no_such_user_qq/x.jsonl"])
+
+
+def test_validation_messages_stay_short():
+    with pytest.raises(ConfigError) as err:
+        load_config("default", [f"fl.bogus{i}=1" for i in range(25)])
+    assert str(err.value).endswith("\n  ... and 15 more") and len(str(err.value).splitlines()) == 12
+    with pytest.raises(ConfigError) as err:
+        load_config("default", ["output.dir=" + "x" * 5000])
+    assert "output.dir: String should have at most 4096 characters" in str(err.value) and len(str(err.value)) < 300
+    with pytest.raises(ConfigError) as err:
+        load_config("default", ["model.quantization=8bit", "peft.method=full"])
+    assert "\n  peft.method=full trains every base weight" in str(err.value)  # a whole-config rule: no ': ' prefix

@@ -122,3 +122,122 @@ def test_encoder_tokenizers_use_cls_and_sep():
     tok = Bertish(bos_token_id=None, eos_token_id=None, cls_token_id=101, sep_token_id=102)
     (example,), _ = tokenize_labelled([LabelledText("ab", 1, "c", text_b="c")], tok, 16)
     assert example.input_ids == (101, 97, 98, 102, 99, 102)
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows.json", "rows.csv", "rows.parquet"])
+def test_an_empty_file_is_named_as_empty(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(DataSourceError, match=rf"data.source '.*{name}' is empty"):
+        load_source_rows(str(tmp_path / name), "cola", "text_classification", "alpaca")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        (
+            "rows.jsonl",
+            b'{"sentence": "ok", "label": 1}\n{"sentence": "cut',
+            r"is not a readable .jsonl file \(ArrowInvalid",
+        ),
+        ("rows.json", b'[{"sentence": "ok", "label": 1}, {"sent', r"is not a readable .json file"),
+        ("rows.parquet", b"PAR1 not really parquet", r"is not a readable .parquet file \(ArrowInvalid"),
+        ("rows.csv", b'"sentence,label\nsoup,1\n', r"is not a readable .csv file"),
+        ("rows.csv", "sentence,label\ncaf\u00e9,1\n".encode("latin-1"), r"line 2 is not UTF-8 text"),
+        ("rows.jsonl", '{"sentence": "x", "label": 1}\n'.encode("utf-16-le"), r"line 1 holds NUL bytes"),
+        ("rows.jsonl", b"\xff\xfe garbage", r"line 1 is not UTF-8 text"),
+    ],
+)
+def test_an_unreadable_file_is_a_data_source_error_naming_it(tmp_path, name, content, problem):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataSourceError, match=rf"data.source '.*{name}' {problem}"):
+        load_source_rows(str(tmp_path / name), "cola", "text_classification", "alpaca")
+
+
+def test_json_rows_that_are_not_objects_are_refused_before_pyarrow_reads_them(tmp_path):
+    """pyarrow's JSON reader (under datasets) crashes the process with a segmentation fault on a file that
+    opens with null: the check must come first. Run in a child process, so a regression fails this test
+    instead of killing the test session."""
+    import subprocess
+    import sys
+
+    files = {"nulls.jsonl": "null\nnull\n", "null.json": "null", "numbers.jsonl": "\n1\n"}
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    script = (
+        "import sys\nfrom fedpeft.data.sources import DataSourceError, load_source_rows\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n        load_source_rows(path, 'cola', 'text_classification', 'alpaca')\n"
+        "    except DataSourceError as err:\n        print(err)\n"
+    )
+    paths = [str(tmp_path / name) for name in files]
+    proc = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split("'")[1] for line in lines] == paths
+    assert "line 1 ('null') is not a JSON object" in lines[0] and "opens with 'null'" in lines[1]
+    assert "line 2 ('1') is not a JSON object" in lines[2]
+
+
+def test_a_directory_or_a_name_too_long_is_named(tmp_path):
+    (tmp_path / "rows.jsonl").mkdir()
+    with pytest.raises(DataSourceError, match=r"rows.jsonl' is a directory, not a .jsonl file"):
+        load_source_rows(str(tmp_path / "rows.jsonl"), "cola", "text_classification", "alpaca")
+    with pytest.raises(DataSourceError, match=r"File name too long"):
+        load_source_rows(str(tmp_path / ("x" * 300 + ".jsonl")), "cola", "text_classification", "alpaca")
+
+
+@pytest.mark.parametrize(
+    ("schema", "task", "row", "message"),
+    [
+        (
+            "codexglue-defect",
+            "defect",
+            {"func": None, "target": 0, "project": "p"},
+            "column 'func' is null; the 'codexglue-defect' schema needs a string",
+        ),
+        ("codexglue-defect", "defect", {"func": 3, "target": 0, "project": "p"}, "column 'func' is 3"),
+        (
+            "codexglue-defect",
+            "defect",
+            {"func": "f", "target": 7, "project": "p"},
+            "column 'target' is 7; the 'codexglue-defect' schema needs true/false or 0/1",
+        ),
+        ("codexglue-defect", "defect", {"func": "f", "target": "yes", "project": "p"}, "column 'target' is 'yes'"),
+        ("codexglue-clone", "clone", {"func1": "a", "func2": "b", "label": float("nan")}, "column 'label' is nan"),
+        (
+            "cola",
+            "text_classification",
+            {"sentence": "s", "label": None},
+            "column 'label' is null; the 'cola' schema needs a class id",
+        ),
+        ("cola", "text_classification", {"sentence": "s", "label": 0.5}, "column 'label' is 0.5"),
+        (
+            "codexglue-completion",
+            "completion",
+            {"code": "a b"},
+            "column 'code' is 'a b'; the 'codexglue-completion' schema needs a list of strings",
+        ),
+    ],
+)
+def test_wrong_typed_values_name_the_row_and_column_instead_of_becoming_labels(tmp_path, schema, task, row, message):
+    """Before: a null label was a TypeError, NaN, 7 or 'yes' as a defect target silently became label 1, a
+    number where text belongs reached the tokenizer."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataSourceError, match=r"rows.jsonl' row 1: ") as err:
+        load_source_rows(str(path), schema, task, "alpaca")
+    assert message in str(err.value)
+
+
+def test_too_few_rows_are_found_before_tokenizing():
+    from fedpeft.data.federated import check_row_counts
+    from fedpeft.data.partition import PartitionError
+
+    rows = load_source_rows(str(FIXTURES / "cola.csv"), "cola", "text_classification", "alpaca")
+    check_row_counts(rows, "cola.csv", test_size=4, max_rows=None, n_clients=28)
+    with pytest.raises(
+        PartitionError, match=r"fl.clients=29 is more than the 28 training rows data.source 'cola.csv' has once 8 go"
+    ):
+        check_row_counts(rows, "cola.csv", test_size=4, max_rows=None, n_clients=29)
+    with pytest.raises(PartitionError, match=r"data.source 'one.csv' has 1 row\(s\), fewer than data.test_size=4"):
+        check_row_counts(rows[:1], "one.csv", test_size=4, max_rows=None, n_clients=1)

@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedpeft.fl.sampling import clients_per_round
 
+PATH_MAX = 4096
+"""Longest name or path a field that names a file, directory or model takes (Linux's PATH_MAX)."""
+
+
+def _known_home(path: str) -> str:
+    """A path starting with ``~user`` names a user this machine knows (else expanding it fails later)."""
+    if path.startswith("~"):
+        try:
+            Path(path).expanduser()
+        except RuntimeError:
+            raise ValueError("starts with the home directory of an unknown user") from None
+    return path
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True, allow_inf_nan=False
+    )
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("contains a NUL character (\\x00), which no name, path or setting may")
+        return v
 
 
 class ModelConfig(Section):
-    name: str = Field("builtin:small", description="Hub id, local model directory, or builtin:small / tiny / micro.")
+    name: str = Field(
+        "builtin:small",
+        max_length=PATH_MAX,
+        description="Hub id, local model directory, or builtin:small / tiny / micro.",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype of the frozen base (with quantization=4bit: the compute dtype)."
     )
@@ -27,6 +54,11 @@ class ModelConfig(Section):
         description="Load the base's linear weights through bitsandbytes: 8bit (LLM.int8) or 4bit (NF4 with double "
         "quantisation, as QLoRA); needs `pip install 'fedpeft[quant]'`. Adapters train in full precision.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _known_home(v)
 
     @field_validator("device")
     @classmethod
@@ -85,6 +117,7 @@ class PeftConfig(Section):
 class DataConfig(Section):
     source: str = Field(
         "stdlib",
+        max_length=PATH_MAX,
         description="Where rows come from: 'stdlib' (built-in corpus), a known hub id (e.g. "
         "databricks/databricks-dolly-15k, nyu-mll/glue/cola) or a local .json/.jsonl/.csv/.parquet file.",
     )
@@ -140,6 +173,11 @@ class DataConfig(Section):
         "so no strategy sees more data than FedAvg does (the fair setting).",
     )
 
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _known_home(v)
+
 
 class FLConfig(Section):
     clients: int = Field(8, description="Number of clients the data is split across (>= 1).")
@@ -160,7 +198,7 @@ class FLConfig(Section):
         description="Dtype adapters and updates travel in (both ways): native (the trainable tensors' own), or "
         "rounded to float32 / bfloat16 / float16; bytes are counted at it.",
     )
-    seed: int = Field(0, description="Seeds the data split, client sampling, init and training.")
+    seed: int = Field(0, ge=0, description="Seeds the data split, client sampling, init and training.")
     min_clients: int = Field(
         1,
         ge=1,
@@ -262,6 +300,7 @@ class FlowerConfig(Section):
     )
     root_certificates: str | None = Field(
         None,
+        max_length=PATH_MAX,
         description="flower-deployment: the CA certificate (PEM) that signed the SuperLink's TLS certificate; "
         "null: an insecure (plain HTTP) connection, for 127.0.0.1 tests only.",
     )
@@ -295,12 +334,12 @@ class FlowerConfig(Section):
 
 
 class OutputConfig(Section):
-    dir: str = Field("runs", description="Parent directory of run directories.")
+    dir: str = Field("runs", max_length=PATH_MAX, description="Parent directory of run directories.")
     keep_checkpoints: int = Field(2, gt=0, description="Round checkpoints kept (the newest); older are deleted.")
 
 
 class RunConfig(Section):
-    recipe: str = Field("default", description="Recipe this config came from.")
+    recipe: str = Field("default", max_length=PATH_MAX, description="Recipe this config came from.")
     model: ModelConfig = ModelConfig()
     peft: PeftConfig = PeftConfig()
     data: DataConfig = DataConfig()

@@ -62,6 +62,31 @@ def load_rows(
     return rows_for_task(task, records, template)
 
 
+def check_row_counts(rows: list, source: str, test_size: int, max_rows: int | None, n_clients: int) -> None:
+    """Before anything is tokenized: rows enough for the test split and for one per client? Tokenizing only
+    drops rows, so this finds too few early and a later check may still find too few. Mirrors the split of
+    :func:`build_federated_data`: a source without a test split gives up to 2 x ``test_size`` rows to it."""
+    where = f"data.source {source!r}" if source != "stdlib" else "the stdlib corpus (data.modules)"
+    n_train = sum(r.split == "train" for r in rows)
+    n_test = sum(r.split == "test" for r in rows)
+    held_out = ""
+    if n_test == 0:
+        n_test = min(2 * test_size, n_train)
+        n_train -= n_test
+        held_out = f" once {n_test} go to the test split (up to 2 x data.test_size)"
+    if n_test < test_size:
+        counted = f"{n_test} test-split rows" if not held_out else f"{len(rows)} row(s)"
+        raise PartitionError(
+            f"{where} has {counted}, fewer than data.test_size={test_size}; lower data.test_size or add rows"
+        )
+    n_pool = min(n_train, max_rows) if max_rows else n_train
+    if n_clients > n_pool:
+        raise PartitionError(
+            f"fl.clients={n_clients} is more than the {n_pool} training rows {where} has{held_out}; use at most "
+            f"{n_pool} clients or more rows (data.max_rows, a smaller data.test_size)"
+        )
+
+
 def build_federated_data(
     *,
     tokenizer,
@@ -84,16 +109,19 @@ def build_federated_data(
     retrieval_candidates: int = 0,
     server_fraction: float = 0.0,
     server_split: str = "held_out",
+    rows: list | None = None,
 ) -> FederatedData:
     """Global test rows come from the corpus 'test' split (never seen in pretraining); client rows from
     'train'. ``max_rows`` caps the client pool; ``test_size`` the test rows. For retrieval tasks,
     ``retrieval_candidates`` sizes the pool each test query is ranked in (see :func:`retrieval_distractors`).
     ``server_fraction`` (of the client pool's size) goes to the server: rows no client holds (``held_out``:
     beyond ``max_rows`` where there are enough, else taken out of the pool) or a sample of the clients'
-    training rows (``shared``)."""
+    training rows (``shared``). ``rows``: what :func:`load_rows` returns for these arguments, if the caller
+    has already loaded (and checked) them."""
     if server_split not in ("held_out", "shared"):
         raise ValueError(f"unknown data.server_split {server_split!r}; valid: held_out, shared")
-    rows = load_rows(source, modules, task, template, schema)
+    if rows is None:
+        rows = load_rows(source, modules, task, template, schema)
     test_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "test"]
     pool_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "train"]
     if not test_rows:

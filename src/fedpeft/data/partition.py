@@ -14,11 +14,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedpeft.errors import FedpeftError
+
 PARTITIONERS = ("iid", "shards", "dirichlet", "quantity", "natural")
 
 
-class PartitionError(ValueError):
-    pass
+class PartitionError(FedpeftError, ValueError):
+    """Rows cannot be split as configured (too few for the clients, a client below its minimum size)."""
 
 
 def partition_iid(n_rows: int, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -20,7 +20,7 @@ import torch
 
 from fedpeft.config.recipes import ConfigError, dump_config, load_run_config
 from fedpeft.config.schema import RunConfig
-from fedpeft.data.federated import ClientData, FederatedData, build_federated_data
+from fedpeft.data.federated import ClientData, FederatedData, build_federated_data, check_row_counts, load_rows
 from fedpeft.data.partition import PartitionError
 from fedpeft.data.sources import DataSourceError
 from fedpeft.data.text_tasks import (
@@ -30,6 +30,7 @@ from fedpeft.data.text_tasks import (
     TASK_NUM_LABELS,
     THRESHOLD_ON_VALIDATION,
 )
+from fedpeft.errors import FedpeftError
 from fedpeft.evaluation.metrics import (
     best_f1_threshold,
     classifier_outputs,
@@ -52,7 +53,7 @@ from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.sampling import clients_per_round, sample_clients
 from fedpeft.fl.screening import TooFewUpdatesError, check_enough_updates, update_problem
 from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
-from fedpeft.models.base import autocast, load_base_model
+from fedpeft.models.base import ModelLoadError, autocast, load_base_model
 from fedpeft.models.heads import check_packing_isolates
 from fedpeft.models.peft_methods import (
     PeftSpec,
@@ -68,6 +69,8 @@ from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.checkpoint import (
     Checkpoint,
+    CheckpointError,
+    check_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -92,7 +95,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(FedpeftError):
+    """Ctrl-C: the run stopped after its last complete round and can be resumed (exit status 130)."""
+
+    exit_code = 130
+
     def __init__(self, run_dir: Path, last_round: int):
         super().__init__(
             f"interrupted; {run_dir} holds every round up to {last_round}. "
@@ -151,8 +158,23 @@ def peft_spec(config: RunConfig) -> PeftSpec:
     )
 
 
-def build_data(config: RunConfig, tokenizer) -> FederatedData:
-    """The run's federated data: a pure function of the config (and its seed) and the tokenizer."""
+def load_checked_rows(config: RunConfig) -> list:
+    """The task rows of ``data.source``, every value checked, and enough of them for the test split and the
+    clients: everything about the data that needs no tokenizer, so it is found before the model loads."""
+    d = config.data
+    try:
+        rows = load_rows(d.source, d.modules, d.task, d.template, d.schema_)
+    except (PartitionError, DataSourceError):
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_row_counts(rows, d.source, d.test_size, d.max_rows, config.fl.clients)
+    return rows
+
+
+def build_data(config: RunConfig, tokenizer, rows: list | None = None) -> FederatedData:
+    """The run's federated data: a pure function of the config (and its seed) and the tokenizer. ``rows``:
+    :func:`load_checked_rows` of the config, if already loaded."""
     d = config.data
     return build_federated_data(
         tokenizer=tokenizer,
@@ -175,6 +197,7 @@ def build_data(config: RunConfig, tokenizer) -> FederatedData:
         retrieval_candidates=config.eval.retrieval_candidates,
         server_fraction=d.server_fraction,
         server_split=d.server_split,
+        rows=rows,
     )
 
 
@@ -197,17 +220,23 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     # Strategy first: a wrong name or setting, or a round size it degenerates on, is found before
     # anything slow is loaded.
     strategy = setup_checks(config)
-    # The base model comes before the data because the data is tokenized with its tokenizer. A new
+    # The rows next: a missing, unreadable or mistyped data file, or too few rows, is found before the
+    # model is loaded.
+    rows = load_checked_rows(config)
+    # The base model comes before the split because the data is tokenized with its tokenizer. A new
     # classification head is initialised here, from the init generator.
-    with torch_rng_scope(seed, "init", 1), _as_config_error():
-        base = load_base_model(
-            config.model.name,
-            config.model.dtype,
-            TASK_HEADS[config.data.task],
-            TASK_NUM_LABELS.get(config.data.task, 2),
-            config.model.device,
-            config.model.quantization,
-        )
+    try:
+        with torch_rng_scope(seed, "init", 1), _as_config_error():
+            base = load_base_model(
+                config.model.name,
+                config.model.dtype,
+                TASK_HEADS[config.data.task],
+                TASK_NUM_LABELS.get(config.data.task, 2),
+                config.model.device,
+                config.model.quantization,
+            )
+    except OSError as err:  # a name the file system refuses outright (too long, unreadable)
+        raise ModelLoadError(f"model.name={config.model.name[:200]!r}: {err.strerror or err}") from None
     head, tokenizer = base.head, base.tokenizer
     if config.train.packing and head != "causal_lm":
         raise ConfigError(
@@ -220,7 +249,7 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
         )
     # Data is split once, from its own generator, so every round and every resume sees the same clients.
     try:
-        data = build_data(config, tokenizer)
+        data = build_data(config, tokenizer, rows)
     except (PartitionError, DataSourceError):
         raise
     except ValueError as err:
@@ -580,7 +609,10 @@ def fit(state: RunState, progress: RunProgress) -> None:
                 round=rnd,
                 global_state=state.global_state,
                 strategy_state=strategy.state_dict(),
-                extra={"rng": "derived from fl.seed per (purpose, round, client); no state to restore"},
+                extra={
+                    "rng": "derived from fl.seed per (purpose, round, client); no state to restore",
+                    "config": cfg.model_dump(mode="json"),
+                },
                 client_states=state.client_states,
                 merged=state.merged,
             ),
@@ -663,19 +695,112 @@ def _sync_log_to_checkpoints(state: RunState) -> None:
 
 
 def _restore(state: RunState) -> None:
-    """Load the newest complete checkpoint and drop log records of any round after it."""
-    _sync_log_to_checkpoints(state)
-    if state.completed_round:
-        ckpt = load_checkpoint(list_checkpoints(state.run_dir)[-1])
-        set_trainable_state(state.model, ckpt.global_state)
-        state.global_state = ckpt.global_state
-        state.client_states = ckpt.client_states
+    """Load the newest complete checkpoint into the built run, in memory only: a checkpoint that does not fit
+    the model (another run's, another configuration's) is a :class:`CheckpointError` before anything is
+    written. The log is cut to it afterwards, by :func:`_sync_log_to_checkpoints`."""
+    state.completed_round = _checkpointed_round(state.run_dir)
+    if not state.completed_round:
+        return
+    path = list_checkpoints(state.run_dir)[-1]
+    _, shapes = check_checkpoint(path)
+    problem = state_mismatch(shapes, state.global_state)
+    if problem:
+        raise CheckpointError(
+            f"{path / 'global.safetensors'} does not fit model.name={state.config.model.name!r} with this "
+            f"run's peft settings ({problem}); it was written by another run or configuration"
+        )
+    ckpt = load_checkpoint(path)
+    for cid, own in ckpt.client_states.items():
+        problem = state_mismatch({k: tuple(v.shape) for k, v in own.items()}, state.global_state)
+        if problem:
+            raise CheckpointError(f"{path / 'clients.safetensors'}: client {cid}'s state does not fit ({problem})")
+    try:
         state.strategy.load_state_dict(ckpt.strategy_state)
         # Stacked rounds are re-merged into the fresh base in round order: the same additions, in the
         # same order, as the uninterrupted run made.
-        state.merged = ckpt.merged
-        for pairs in state.merged.values():
+        for pairs in ckpt.merged.values():
             merge_pairs(state.model, pairs)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path}: the strategy or merged state does not fit fl.strategy={state.config.fl.strategy} "
+            f"({type(err).__name__}: {err})"
+        ) from None
+    set_trainable_state(state.model, ckpt.global_state)
+    state.global_state = ckpt.global_state
+    state.client_states = ckpt.client_states
+    state.merged = ckpt.merged
+
+
+def state_mismatch(shapes: dict[str, tuple[int, ...]], expected: TensorDict) -> str | None:
+    """How a stored state (name -> shape) differs from the model's trainable state, or None."""
+    missing, extra = sorted(expected.keys() - shapes.keys()), sorted(shapes.keys() - expected.keys())
+    if missing or extra:
+        return f"{len(missing)} tensor(s) missing, e.g. {missing[:1]}, {len(extra)} unexpected, e.g. {extra[:1]}"
+    wrong = [k for k in sorted(shapes) if shapes[k] != tuple(expected[k].shape)]
+    if wrong:
+        return f"{wrong[0]} has shape {shapes[wrong[0]]}, the model's is {tuple(expected[wrong[0]].shape)}"
+    return None
+
+
+def _config_drift(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys (of those both have, but ``RESUMABLE_KEYS``) whose values differ: ``key (a -> b)``."""
+    drift = []
+    for key in recorded.keys() & current.keys():
+        name = f"{prefix}{key}"
+        a, b = recorded[key], current[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            drift += _config_drift(a, b, f"{name}.")
+        elif a != b and name not in RESUMABLE_KEYS:
+            drift.append(f"{name} ({a!r} -> {b!r})"[:160])
+    return sorted(drift)
+
+
+def check_resumable(run_dir: Path, config: RunConfig) -> None:
+    """What a resume can check before the model loads, so a damaged run directory is reported before
+    anything in it is written: the newest checkpoint's files, the configuration it was written with against
+    config.yaml, and the log and summary against the checkpoints (a round they record that no checkpoint
+    holds means a deleted or damaged checkpoint; a log that ends before the checkpoint, a cut log)."""
+    done_dirs = list_checkpoints(run_dir)
+    done = int(done_dirs[-1].name.removeprefix("round-")) if done_dirs else 0
+    if done_dirs:
+        meta, _ = check_checkpoint(done_dirs[-1])
+        recorded = meta.get("config")
+        drift = _config_drift(recorded, config.model_dump(mode="json")) if isinstance(recorded, dict) else []
+        if drift:
+            raise ConfigError(
+                f"{run_dir / rd.CONFIG_FILE} differs from the configuration {done_dirs[-1]} was written with: "
+                f"{'; '.join(drift[:5])}{' ...' if len(drift) > 5 else ''}. --resume continues a run as "
+                "configured: restore config.yaml, or start a new run"
+            )
+    log_path = run_dir / rd.METRICS_FILE
+    logged = [r["round"] for r in rd.MetricsLog(log_path).read() if r.get("type") == "round"]
+    if done and max(logged, default=-1) < done:
+        raise rd.RunDirError(
+            f"{log_path} records rounds up to {max(logged, default='none')}, but {done_dirs[-1]} holds round "
+            f"{done}: the log was cut or replaced, and a resumed run would miss those rounds' records"
+        )
+    summary_path = run_dir / rd.SUMMARY_FILE
+    if not summary_path.exists():
+        return
+    try:
+        summary = rd.read_json(summary_path)
+        completed, status = int(summary["rounds_completed"]), summary["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise rd.RunDirError(
+            f"{summary_path} is not a run summary (a JSON object with status and rounds_completed); it is "
+            "written at the end of every run: move it away to resume from the checkpoints"
+        ) from None
+    if completed > done:
+        missing = f"{run_dir / 'checkpoints'} has none" if not done else f"the newest is {done_dirs[-1]}"
+        raise CheckpointError(
+            f"{summary_path} records {completed} completed round(s), but no checkpoint holds round {completed} "
+            f"({missing}): a checkpoint was deleted or damaged, so the run cannot continue exactly"
+        )
+    if status == "completed" and done >= config.fl.rounds:
+        raise ConfigError(
+            f"{run_dir} has completed all its fl.rounds={done} rounds; nothing to resume. To train further, "
+            f"raise the rounds: --resume {run_dir} --set fl.rounds={done + 1} (or more)"
+        )
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
@@ -693,6 +818,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
     done = _checkpointed_round(run_dir)
     if config.fl.rounds < done:
         raise ConfigError(f"fl.rounds={config.fl.rounds} is below the {done} rounds {run_dir} has already completed")
+    check_resumable(run_dir, config)
     return config
 
 
@@ -733,8 +859,13 @@ def _run(
     if torch.cuda.is_initialized():  # the summary's peak GPU memory is this run's
         torch.cuda.reset_peak_memory_stats()
     progress = RunProgress(quiet=quiet)
-    # The run directory is created only once setup has passed every check, so bad input leaves nothing.
+    if resume_dir is None:
+        rd.check_output_dir(Path(config.output.dir))
+    # The run directory is created only once setup has passed every check, so bad input leaves nothing; a
+    # resumed one is written only once its checkpoint is restored into the model.
     state = setup(config, Path(resume_dir or config.output.dir))
+    if resume_dir is not None:
+        _restore(state)
     if wrap_runtime is not None:
         state.runtime = wrap_runtime(state.runtime)
     run_dir = state.run_dir = Path(resume_dir) if resume_dir else rd.new_run_dir(Path(config.output.dir), config.recipe)
@@ -749,7 +880,7 @@ def _run(
     rd.write_json(run_dir / rd.PARTITION_FILE, state.data.report)
     plot_partition_heatmap(state.data.report["categories"], run_dir / rd.PARTITION_PLOT)
     if resume_dir is not None:
-        _restore(state)
+        _sync_log_to_checkpoints(state)
         progress.message(f"resuming after round {state.completed_round} of {config.fl.rounds}")
     try:
         with progress:

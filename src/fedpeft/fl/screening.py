@@ -13,10 +13,11 @@ from collections.abc import Mapping
 
 import torch
 
+from fedpeft.errors import FedpeftError
 from fedpeft.tensors import TensorDict
 
 
-class TooFewUpdatesError(RuntimeError):
+class TooFewUpdatesError(FedpeftError, RuntimeError):
     """Fewer usable updates than ``fl.min_clients`` in a round; the run stops after its last complete round."""
 
 

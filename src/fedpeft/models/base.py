@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from fedpeft.errors import FedpeftError
 from fedpeft.models.builtin import build_builtin, builtin_names, is_builtin
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -16,7 +17,7 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 MIXED_PRECISION = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(FedpeftError, RuntimeError):
     pass
 
 

@@ -5,25 +5,36 @@
 strategies: each client's own state, keys ``<client>/<tensor>``), ``merged.safetensors`` (stacked LoRA
 aggregation: every round's stacked pairs, keys ``<round>/<A key>/B|A``) and ``state.json`` (round, non-tensor
 strategy state, RNG scheme). A checkpoint is written to a temporary directory and renamed into place,
-so an interrupted write never leaves a partial checkpoint that resume would trust.
+so an interrupted write never leaves a partial checkpoint that resume would trust; one damaged afterwards
+(truncated, edited, another run's) is a :class:`CheckpointError` naming the file, found by
+:func:`check_checkpoint` from the file headers alone before a resume loads anything.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from fedpeft.errors import FedpeftError
 from fedpeft.tensors import TensorDict
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
+ROUND_DIR = re.compile(r"round-(\d+)")
+TENSOR_FILES = ("global.safetensors", "strategy.safetensors", "clients.safetensors", "merged.safetensors")
+
+
+class CheckpointError(FedpeftError, ValueError):
+    """A checkpoint that cannot be read back as written (truncated, edited, another format)."""
 
 
 @dataclass
@@ -68,33 +79,85 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, keep: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoints (a ``round-N`` directory with its ``state.json``), oldest first."""
     root = run_dir / CHECKPOINT_DIR
     if not root.exists():
         return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("round-") and (p / "state.json").exists()]
+    if not root.is_dir():
+        raise CheckpointError(f"{root} is not a directory; a run keeps its round checkpoints there")
+    done = [p for p in root.iterdir() if p.is_dir() and ROUND_DIR.fullmatch(p.name) and (p / "state.json").exists()]
     return sorted(done, key=lambda p: int(p.name.removeprefix("round-")))  # round-10000 after round-9999
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    meta = json.loads((path / "state.json").read_text())
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json``: a JSON object of this format whose round is the directory's."""
+    where = path / "state.json"
+    try:
+        meta = json.loads(where.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{where} cannot be read ({type(err).__name__}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where} is not a JSON object; the checkpoint is damaged")
     if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {meta.get('format')} is not {FORMAT_VERSION}")
+        raise CheckpointError(f"{where}: checkpoint format {meta.get('format')!r} is not {FORMAT_VERSION}")
+    expected = int(path.name.removeprefix("round-")) if ROUND_DIR.fullmatch(path.name) else None
+    if not isinstance(meta.get("round"), int) or (expected is not None and meta["round"] != expected):
+        raise CheckpointError(f"{where}: round {meta.get('round')!r} is not the directory's round {expected}")
+    if not isinstance(meta.get("strategy"), dict):
+        raise CheckpointError(f"{where}: 'strategy' is not a JSON object; the checkpoint is damaged")
+    return meta
+
+
+def check_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """(``state.json``, name -> shape of the global state) of a checkpoint, every tensor file's header
+    checked against its size (a truncated file fails here) without reading the tensors."""
+    meta = read_checkpoint_meta(path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    if not (path / "global.safetensors").is_file():
+        raise CheckpointError(f"{path / 'global.safetensors'} is missing; the checkpoint is damaged")
+    for name in TENSOR_FILES:
+        if not (path / name).exists():
+            continue
+        try:
+            with safe_open(str(path / name), "pt") as tensors:
+                found = {key: tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()}
+        except Exception as err:  # safetensors' own error type; any failure means the file is damaged
+            raise CheckpointError(f"{path / name} cannot be read ({err}); the checkpoint is damaged") from None
+        if name == "global.safetensors":
+            shapes = found
+    return meta, shapes
+
+
+def _load_tensors(path: Path) -> TensorDict:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors' own error type; any failure means the file is damaged
+        raise CheckpointError(f"{path} cannot be read ({err}); the checkpoint is damaged") from None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    meta = read_checkpoint_meta(path)
     strategy = dict(meta.pop("strategy"))
     if (path / "strategy.safetensors").exists():
-        strategy.update(load_file(str(path / "strategy.safetensors")))
+        strategy.update(_load_tensors(path / "strategy.safetensors"))
     clients: dict[int, TensorDict] = {}
     if (path / "clients.safetensors").exists():
-        for key, tensor in load_file(str(path / "clients.safetensors")).items():
-            cid, name = key.split("/", 1)
+        for key, tensor in _load_tensors(path / "clients.safetensors").items():
+            cid, sep, name = key.partition("/")
+            if not (sep and cid.isdigit()):
+                raise CheckpointError(f"{path / 'clients.safetensors'}: tensor {key!r} is not <client>/<name>")
             clients.setdefault(int(cid), {})[name] = tensor
     merged = {}
     if (path / "merged.safetensors").exists():
-        merged = unflatten_merged(load_file(str(path / "merged.safetensors")))
+        try:
+            merged = unflatten_merged(_load_tensors(path / "merged.safetensors"))
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"{path / 'merged.safetensors'}: unexpected tensor names ({err})") from None
     rnd = meta.pop("round")
     meta.pop("format")
     return Checkpoint(
         round=rnd,
-        global_state=load_file(str(path / "global.safetensors")),
+        global_state=_load_tensors(path / "global.safetensors"),
         strategy_state=strategy,
         extra=meta,
         client_states=clients,

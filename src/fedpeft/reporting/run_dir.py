@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedpeft.errors import FedpeftError
 from fedpeft.paths import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
@@ -17,6 +19,27 @@ ADAPTER_DIR = "adapter"
 LOSS_PLOT = "loss.png"
 PARTITION_PLOT = "partition.png"
 MIXING_PLOT = "mixing.png"
+
+
+class RunDirError(FedpeftError):
+    """A run directory, or the output directory that holds them, that cannot be used as it is."""
+
+
+def check_output_dir(parent: Path) -> None:
+    """``output.dir`` can hold a new run directory: it is a directory, or can be made one (its nearest
+    existing ancestor is a writable directory). Checked before anything is loaded."""
+    existing = parent
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        usable = existing.is_dir()
+    except OSError as err:  # a name the file system refuses (too long, a loop of links)
+        raise RunDirError(f"output.dir={str(parent)!r}: {err.strerror or err}; set another output.dir") from None
+    if not usable:
+        where = "" if existing == parent else f" ({existing} is a file)"
+        raise RunDirError(f"output.dir={str(parent)!r} cannot hold run directories{where}; set another output.dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"output.dir={str(parent)!r}: {existing} is not writable; set another output.dir")
 
 
 def new_run_dir(parent: Path, recipe: str) -> Path:
@@ -31,6 +54,8 @@ def new_run_dir(parent: Path, recipe: str) -> Path:
         except FileExistsError:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+        except OSError as err:
+            raise RunDirError(f"output.dir={str(parent)!r}: cannot create {path}: {err.strerror or err}") from None
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -53,17 +78,30 @@ class MetricsLog:
             fh.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
-        """All records; a torn last line (the process was killed mid-write) is skipped, not fatal."""
+        """All records; a torn last line (the process was killed mid-write) is skipped, not fatal. Anything
+        else that is not a JSON object with an integer ``round`` is a :class:`RunDirError`."""
         if not self.path.exists():
             return []
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            why = "a directory" if self.path.is_dir() else "not UTF-8 text" if isinstance(err, ValueError) else err
+            raise RunDirError(f"{self.path} cannot be read as JSON Lines: {why}") from None
+        lines = text.splitlines()
+        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
         records = []
         for i, line in enumerate(lines):
+            if not line.strip():
+                continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                if i != len(lines) - 1:
-                    raise ValueError(f"{self.path}: line {i + 1} is not JSON") from None
+                if i == last:
+                    continue
+                raise RunDirError(f"{self.path}: line {i + 1} is not JSON") from None
+            if not isinstance(record, dict) or not isinstance(record.get("round", 0), int):
+                raise RunDirError(f"{self.path}: line {i + 1} is not a metrics record (a JSON object with a round)")
+            records.append(record)
         return records
 
     def truncate_after(self, last_round: int) -> None:

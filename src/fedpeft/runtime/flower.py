@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from fedpeft.errors import FedpeftError
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, count_local_steps
 from fedpeft.runtime.local import LocalRuntime
 from fedpeft.tensors import TensorDict
@@ -39,7 +40,7 @@ PARTITION_KEY = "partition-id"
 TRAIN, QUERY = "train", "query"
 
 
-class FlowerRoundError(RuntimeError):
+class FlowerRoundError(FedpeftError, RuntimeError):
     pass
 
 
@@ -406,7 +407,7 @@ def client_query(message, context):
 # --- Deployment: the Flower processes and the SuperLink connection -------------------------------------
 
 
-class FlowerConnectionError(RuntimeError):
+class FlowerConnectionError(FedpeftError, RuntimeError):
     pass
 
 
