@@ -2,7 +2,7 @@
 # Each creates .venv when missing and installs the exact versions in requirements.lock, then the project
 # itself without dependencies. The package keeps ranges (pyproject.toml); the lock is for development and CI.
 #   make lock         regenerate requirements.lock from pyproject.toml's ranges (pip-compile; see README)
-#   make test-latest  the newest releases the ranges allow, fast tests (.venv-latest)
+#   make test-latest  the newest releases the ranges allow (torch too: a CUDA build), fast tests (.venv-latest)
 #   make test-oldest  the lower bounds of the ranges, fast tests (.venv-oldest)
 PY ?= python3
 VENV := .venv
@@ -51,7 +51,7 @@ lock:
 test-latest:
 	rm -rf .venv-latest
 	$(PY) -m venv .venv-latest
-	.venv-latest/bin/pip install --quiet $(PIP_PIN) $(TORCH_PIN)
+	.venv-latest/bin/pip install --quiet $(PIP_PIN)
 	.venv-latest/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[quant,dp,test]'
 	.venv-latest/bin/pip list --format=freeze > .venv-latest/versions.txt
 	HF_HUB_OFFLINE=1 .venv-latest/bin/python -m pytest -q $(FAST_TESTS)
