@@ -137,9 +137,10 @@ def test_an_empty_file_is_named_as_empty(tmp_path, name):
         (
             "rows.jsonl",
             b'{"sentence": "ok", "label": 1}\n{"sentence": "cut',
-            r"is not a readable .jsonl file \(ArrowInvalid",
+            r"line 2 is not valid JSON \(Unterminated string",
         ),
-        ("rows.json", b'[{"sentence": "ok", "label": 1}, {"sent', r"is not a readable .json file"),
+        ("rows.json", b'[{"sentence": "ok", "label": 1}, {"sent', r"line 1 is not valid JSON"),
+        ("rows.json", b'[{"sentence": "ok", "label": 1}, null]', r"item 2 of its array is NoneType, not an object"),
         ("rows.parquet", b"PAR1 not really parquet", r"is not a readable .parquet file \(ArrowInvalid"),
         ("rows.csv", b'"sentence,label\nsoup,1\n', r"is not a readable .csv file"),
         ("rows.csv", "sentence,label\ncaf\u00e9,1\n".encode("latin-1"), r"line 2 is not UTF-8 text"),

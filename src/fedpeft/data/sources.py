@@ -9,6 +9,7 @@ before anything is tokenized (or a model loaded): a problem names the file, the 
 from __future__ import annotations
 
 import codecs
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,9 +182,9 @@ def _check_local_file(source: str, path: Path, kind: str) -> None:
 
 
 def _check_text(source: str, path: Path) -> None:
-    """A text file is UTF-8, and JSON rows are objects: every line of a .jsonl file is one, a .json file opens
-    an array of them (or holds one per line). pyarrow's JSON reader, under ``datasets``, crashes the whole
-    process on a file that opens with ``null``: this is checked before it reads anything."""
+    """A text file is UTF-8 without NUL bytes, and JSON rows are objects: every line of a .jsonl file is one, a
+    .json file opens an array of them (or holds one per line). Checked line by line, so the message names
+    the line before any parser reads the file."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     opened = False
     with path.open("rb") as fh:
@@ -229,8 +230,50 @@ def _root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())[:300] or 'no rows could be read'}"
 
 
+def _read_json_rows(source: str, path: Path) -> list[dict[str, Any]]:
+    """The rows of a .json (an array of objects, or one object per line) or .jsonl file, parsed by Python's
+    own ``json``: pyarrow's JSON reader, which ``datasets`` uses, has crashed the whole process on hostile
+    files (a row of ``null``; other inputs with datasets 3.0), and a crash is not an error message."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".json":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # one object per line, as datasets also reads a .json file
+        if isinstance(whole, list):
+            bad = next((i for i, r in enumerate(whole) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise DataSourceError(
+                    f"data.source {source!r} item {bad + 1} of its array is {type(whole[bad]).__name__}, not an "
+                    'object: a .json file holds [{"column": value, ...}, ...]'
+                )
+            return whole
+        if isinstance(whole, dict):
+            return [whole]
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataSourceError(
+                f"data.source {source!r} line {number} is not valid JSON ({err.msg} at column {err.colno})"
+            ) from None
+        if not isinstance(row, dict):
+            raise DataSourceError(
+                f"data.source {source!r} line {number} is {type(row).__name__}, not a JSON object: each line is "
+                'one row, {"column": value, ...}'
+            )
+        rows.append(row)
+    return rows
+
+
 def _read_local(source: str, path: Path, kind: str):
-    """The rows of a local file, through ``datasets`` with its logging silenced (the error says it all)."""
+    """The rows of a local file: JSON by :func:`_read_json_rows`, CSV and Parquet through ``datasets`` with
+    its logging silenced (the error says it all)."""
+    if kind == "json":
+        return _read_json_rows(source, path)
     import datasets
     from datasets.utils import logging as datasets_logging
 
@@ -294,9 +337,9 @@ def load_source_rows(
 def check_values(source: str, name: str, schema: Schema, records: list[dict[str, Any]]) -> None:
     """Every value of every schema column is of its column's kind; the first bad one is named with its row."""
     for column_name, column in schema.columns.items():
-        bad = [i for i, r in enumerate(records) if not column.accepts(r[column_name])]
+        bad = [i for i, r in enumerate(records) if not column.accepts(r.get(column_name))]
         if bad:
-            value = records[bad[0]][column_name]
+            value = records[bad[0]].get(column_name)
             shown = "null" if value is None else repr(value)
             shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
             more = f" (and {len(bad) - 1} more row(s))" if len(bad) > 1 else ""
