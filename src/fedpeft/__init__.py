@@ -1,20 +1,28 @@
 """fedpeft: federated, parameter-efficient fine-tuning of code and text language models.
 
-Importing the package silences one library message before any library is imported: bitsandbytes, imported
-by peft whether or not anything is quantised, warns on CPUs with AVX512-BF16 that it cannot fetch its
-optional ``kernels`` inference kernel from a hub. fedpeft never uses that kernel (4-bit layers dequantise
-on every CPU, see ``fedpeft.models.base.check_quantized_layers``), so the warning is noise.
+Importing the package silences two bitsandbytes warnings before any library is imported; peft imports
+bitsandbytes whether or not anything is quantised, so users read them as errors in runs that quantise
+nothing. Neither concerns what fedpeft uses:
+- on CPUs with AVX512-BF16 (0.48 and later), that its optional ``kernels`` inference kernel cannot be
+  fetched from a hub: fedpeft never uses that kernel (4-bit layers dequantise on every CPU, see
+  ``fedpeft.models.base.check_quantized_layers``);
+- on CPU-only builds (before 0.48), that it "was compiled without GPU support" and its 8-bit optimizers
+  are unavailable: fedpeft's optimizer is torch's AdamW.
 """
 
 import logging
 
 __version__ = "0.1.0"
 
-BNB_KERNELS_MESSAGE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+SILENCED_LIBRARY_MESSAGES = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "bitsandbytes.cextension": "The installed version of bitsandbytes was compiled without GPU support",
+}
 
 
-def _drop_bnb_kernels_message(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(BNB_KERNELS_MESSAGE)
+def _silence(logger_name: str, prefix: str) -> None:
+    logging.getLogger(logger_name).addFilter(lambda record: not str(record.msg).startswith(prefix))
 
 
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_bnb_kernels_message)
+for _name, _prefix in SILENCED_LIBRARY_MESSAGES.items():
+    _silence(_name, _prefix)

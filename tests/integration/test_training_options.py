@@ -226,3 +226,18 @@ def test_quantised_layers_compute_their_dequantised_weights_through_eval_train_e
     assert not any(
         getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False) for m in layers.values()
     )
+
+
+def test_a_run_that_quantises_nothing_prints_no_bitsandbytes_warnings():
+    """peft imports bitsandbytes, which warns on import about hub kernels fedpeft never uses (AVX512-BF16 CPUs)
+    or a CPU-only build (older releases); fedpeft silences both before any library is imported."""
+    import subprocess
+    import sys
+
+    from fedpeft import SILENCED_LIBRARY_MESSAGES
+
+    code = "import fedpeft.experiment.run, peft, bitsandbytes"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for message in SILENCED_LIBRARY_MESSAGES.values():
+        assert message not in result.stderr
