@@ -25,6 +25,7 @@ except ModuleNotFoundError:  # Python 3.10: flwr depends on tomli
 
 from fedpeft.runtime.flower import (
     FlowerConnectionError,
+    FlowerRoundError,
     check_reachable,
     connection_toml,
     free_port,
@@ -101,3 +102,80 @@ def test_certificates_chain_to_the_ca_and_name_the_hosts(tmp_path):
     key = load_ssh_private_key(open(private, "rb").read(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert load_ssh_public_key(open(public, "rb").read()).public_numbers() == key.public_key().public_numbers()
+
+
+class SlowGrid:
+    """A Flower Grid whose nodes answer the partition question only after ``polls`` pulls (nodes starting on a
+    loaded machine); ``broken`` nodes answer with an error."""
+
+    def __init__(self, n: int, polls: int, broken: frozenset[int] = frozenset()):
+        self.n, self.polls, self.broken, self.pulls, self.sent = n, polls, broken, 0, {}
+
+    def get_node_ids(self):
+        return list(range(100, 100 + self.n))
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            ids.append(f"m{len(self.sent)}")
+            self.sent[ids[-1]] = message.dst_node_id
+        return ids
+
+    def pull_messages(self, ids):
+        from types import SimpleNamespace
+
+        self.pulls += 1
+        if self.pulls < self.polls:
+            return []
+        replies = []
+        for mid in ids:
+            node = self.sent[mid]
+            broken = node in self.broken
+            replies.append(
+                SimpleNamespace(
+                    metadata=SimpleNamespace(reply_to_message_id=mid, src_node_id=node),
+                    has_error=lambda broken=broken: broken,
+                    content={"config": {"partition-id": node - 100}},
+                )
+            )
+        return replies
+
+
+def slow_runtime(grid, monkeypatch):
+    """A FlowerRuntime on ``grid`` whose clock jumps an hour per poll, and that never really sleeps (its
+    questions are plain records: a real Flower Message needs a running Flower run)."""
+    from types import SimpleNamespace
+
+    import flwr.app
+
+    import fedpeft.runtime.flower as flower
+
+    monkeypatch.setattr(
+        flwr.app, "Message", lambda content, dst_node_id, message_type: SimpleNamespace(dst_node_id=dst_node_id)
+    )
+
+    clock = iter(range(0, 10**7, 3600))
+    monkeypatch.setattr(flower.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(flower.time, "sleep", lambda seconds: None)
+    return flower.FlowerRuntime(grid, SimpleNamespace(args=None, ranks=None, transport=None), "")
+
+
+def test_a_simulation_waits_for_slow_nodes_without_a_clock(monkeypatch):
+    """Regression: under load the simulated nodes took over flower.connect_timeout to start and a simulated
+    run failed with 'none holds client(s) [0, 1]'. A simulation's nodes exist from the start: no clock."""
+    runtime = slow_runtime(SlowGrid(2, polls=50), monkeypatch)
+    assert runtime.discover(2, wait_seconds=None) == {0: 100, 1: 101}
+
+
+def test_a_deployment_still_gives_up_after_connect_timeout(monkeypatch):
+    runtime = slow_runtime(SlowGrid(2, polls=50), monkeypatch)
+    with pytest.raises(
+        FlowerRoundError, match=r"within flower.connect_timeout=120 s, but none holds client\(s\) \[0, 1\]"
+    ):
+        runtime.discover(2, wait_seconds=120)
+
+
+def test_a_simulated_node_that_answers_with_an_error_ends_discovery(monkeypatch):
+    runtime = slow_runtime(SlowGrid(2, polls=3, broken=frozenset({101})), monkeypatch)
+    with pytest.raises(FlowerRoundError, match=r"none holds client\(s\) \[1\]"):
+        runtime.discover(2, wait_seconds=None)

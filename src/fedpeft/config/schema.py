@@ -305,7 +305,10 @@ class FlowerConfig(Section):
         "null: an insecure (plain HTTP) connection, for 127.0.0.1 tests only.",
     )
     connect_timeout: float = Field(
-        120.0, gt=0, description="flower-deployment / flower-sim: seconds the server waits for every client's node."
+        120.0,
+        gt=0,
+        description="flower-deployment: seconds the server waits for every client's node (flower-sim waits until "
+        "its simulated nodes have started, however long a loaded machine takes).",
     )
     secure_aggregation: bool = Field(
         False,

@@ -63,7 +63,9 @@ def serve(grid, config: RunConfig, run: Any) -> Any:
                 "quantization_range": f.secagg_quantization_range,
             }
         runtime = FlowerRuntime(grid, local, config_text, f.round_timeout, secagg)
-        runtime.discover(config.fl.clients, wait_seconds=config.flower.connect_timeout)
+        # A simulation's nodes exist from the start: no clock on finding them (a loaded machine starts them slowly).
+        simulated = config.runtime == "flower-sim"
+        runtime.discover(config.fl.clients, wait_seconds=None if simulated else config.flower.connect_timeout)
         return runtime
 
     return run(wrap)

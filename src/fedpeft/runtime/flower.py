@@ -76,14 +76,17 @@ class FlowerRuntime:
         self.args, self.ranks, self.transport = local.args, local.ranks, local.transport
         self.nodes: dict[int, int] = {}
 
-    def discover(self, n_clients: int, wait_seconds: float = 60.0) -> dict[int, int]:
+    def discover(self, n_clients: int, wait_seconds: float | None = 60.0) -> dict[int, int]:
         """Client id -> node id, from each node's ``partition-id``. Asks every node as it connects and stops
         as soon as each client has a node, so a node that left (and still counts as connected until its
-        heartbeats lapse) does not hold the run up; gives up after ``wait_seconds``."""
+        heartbeats lapse) does not hold the run up; gives up after ``wait_seconds``. ``None`` (a simulation,
+        whose nodes exist from the start, one per client): no clock, since a loaded machine can take minutes
+        to start them; it stops once every node has answered, with its partition or an error."""
         from flwr.app import ConfigRecord, Message, RecordDict
 
-        deadline = time.monotonic() + wait_seconds
+        deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
         asked: set[int] = set()
+        answered: set[int] = set()
         pending: set[str] = set()
         nodes: dict[int, int] = {}
         while True:
@@ -95,15 +98,21 @@ class FlowerRuntime:
                 asked.update(new)
             for reply in self.grid.pull_messages(list(pending)):
                 pending.discard(reply.metadata.reply_to_message_id)
+                answered.add(reply.metadata.src_node_id)
                 if not reply.has_error():
                     nodes.setdefault(int(reply.content["config"][PARTITION_KEY]), reply.metadata.src_node_id)
-            if all(c in nodes for c in range(n_clients)) or time.monotonic() > deadline:
+            if all(c in nodes for c in range(n_clients)):
+                break
+            if deadline is None and len(asked) >= n_clients and answered >= asked:
+                break
+            if deadline is not None and time.monotonic() > deadline:
                 break
             time.sleep(0.3)
         missing = sorted(set(range(n_clients)) - nodes.keys())
         if missing:
+            within = "" if wait_seconds is None else f" within flower.connect_timeout={wait_seconds:g} s"
             raise FlowerRoundError(
-                f"{len(asked)} SuperNode(s) connected within flower.connect_timeout={wait_seconds:g} s, but none "
+                f"{len(asked)} SuperNode(s) connected{within}, but none "
                 f"holds client(s) {missing[:10]} of fl.clients="
                 f"{n_clients}; start one SuperNode per client with --node-config 'partition-id=N num-partitions="
                 f"{n_clients}'"
