@@ -41,7 +41,7 @@ class ModelConfig(Section):
     name: str = Field(
         "builtin:small",
         max_length=PATH_MAX,
-        description="Hub id, local model directory, or builtin:small / tiny / micro.",
+        description="Hub id, local model directory, or builtin:small / tiny / micro / micro64.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype of the frozen base (with quantization=4bit: the compute dtype)."
