@@ -35,10 +35,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 lock:
 	rm -rf .venv-lock

@@ -47,7 +47,7 @@ def main() -> None:
 
     from fedpeft.config import load_config
     from fedpeft.experiment.run import run_experiment
-    from fedpeft.runtime.flower import LoopbackFederation
+    from fedpeft.testing import LoopbackFederation
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

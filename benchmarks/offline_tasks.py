@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from fedpeft.config import load_config
+from fedpeft.experiment import evaluate as evaluate_module
 from fedpeft.experiment import run as run_module
 from fedpeft.experiment.progress import RunProgress
 
@@ -79,14 +80,14 @@ def task_row(args, task: str) -> dict:
     with tempfile.TemporaryDirectory() as root:
         # (c) FedAvg over N clients; the untrained adapter's evaluation is (a).
         fed = setup_in(args, task, args.clients, args.steps, root, "fedavg")
-        before, _, _ = run_module.evaluate_global(fed)
+        before, _, _ = evaluate_module.evaluate_global(fed)
         run_module.fit(fed, RunProgress(quiet=True))
         # (d) client 0 alone: the same total steps, all on its own rows.
         single = setup_in(args, task, args.clients, args.steps, root, "single")
         single.runtime.args = dataclasses.replace(single.runtime.args, max_steps=args.steps * args.clients)
         for rnd in range(1, args.rounds + 1):
             single.global_state = single.runtime.train_round(rnd, [0], single.global_state)[0].state
-        alone, _, _ = run_module.evaluate_global(single)
+        alone, _, _ = evaluate_module.evaluate_global(single)
         # (b) centralised: one client with every row, the same total steps.
         central = setup_in(args, task, 1, args.steps * args.clients, root, "centralised")
         run_module.fit(central, RunProgress(quiet=True))

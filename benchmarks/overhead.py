@@ -42,6 +42,7 @@ def common_overrides(args, clients: int, out: str) -> list[str]:
 
 def federated(args) -> dict:
     from fedpeft.config import load_config
+    from fedpeft.experiment import evaluate as evaluate_module
     from fedpeft.experiment import run as run_module
     from fedpeft.experiment.progress import RunProgress
     from fedpeft.reporting.run_dir import new_run_dir
@@ -53,7 +54,7 @@ def federated(args) -> dict:
         run_module.fit(state, RunProgress(quiet=True))
         fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        run_module.evaluate_global(state)
+        evaluate_module.evaluate_global(state)
         eval_seconds = time.perf_counter() - t0
     steps = args.rounds * args.clients * args.steps
     return {"seconds": fit_seconds - eval_seconds, "eval_seconds": eval_seconds, "steps": steps}

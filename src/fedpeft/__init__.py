@@ -26,3 +26,15 @@ def _silence(logger_name: str, prefix: str) -> None:
 
 for _name, _prefix in SILENCED_LIBRARY_MESSAGES.items():
     _silence(_name, _prefix)
+
+
+def _stdlib_train_code():
+    """The texts random-init built-in models train their tokenizer on: the stdlib corpus's train split."""
+    from fedpeft.data.stdlib_corpus import corpus_split, load_stdlib_corpus
+
+    return (r.code for r in load_stdlib_corpus() if corpus_split(r) == "train")
+
+
+from fedpeft.models.builtin import set_tokenizer_corpus  # noqa: E402  (the root package composes the layers)
+
+set_tokenizer_corpus(_stdlib_train_code)

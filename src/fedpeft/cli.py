@@ -41,15 +41,52 @@ def recipes() -> None:
         typer.echo(f"{name:<16} {description}")
 
 
+def _list_parts(rows: list[tuple[str, str, list[tuple[str, object, str]]]], width: int = 14) -> None:
+    """One line per registered part (name and summary), then each of its settings with default and help."""
+    for name, summary, settings in rows:
+        typer.echo(f"{name:<{width}} {summary}")
+        for key, default, help_text in settings:
+            typer.echo(f"{'':<{width + 2}}{key} = {default}: {help_text}")
+
+
 @app.command()
 def strategies() -> None:
     """List the server strategies and their settings (set them with --set fl.strategy_args.NAME=VALUE)."""
     from fedpeft.fl.strategies import describe_strategies
 
-    for name, summary, settings in describe_strategies():
-        typer.echo(f"{name:<14} {summary}")
-        for key, default, help_text in settings:
-            typer.echo(f"{'':<16}{key} = {default}: {help_text}")
+    _list_parts(describe_strategies())
+
+
+@app.command()
+def methods() -> None:
+    """List the PEFT methods and their settings (set them with --set peft.method_args.NAME=VALUE)."""
+    from fedpeft.models.methods import describe_methods
+
+    _list_parts(describe_methods())
+
+
+@app.command()
+def tasks() -> None:
+    """List the tasks (choose one with --set data.task=NAME)."""
+    from fedpeft.data.tasks import describe_tasks
+
+    _list_parts(describe_tasks(), width=20)
+
+
+@app.command()
+def partitions() -> None:
+    """List the partition schemes (choose one with --set data.partition=NAME)."""
+    from fedpeft.data.partition import describe_partitions
+
+    _list_parts(describe_partitions(), width=12)
+
+
+@app.command()
+def runtimes() -> None:
+    """List the runtimes (choose one with --set runtime=NAME)."""
+    from fedpeft.runtime.base import RUNTIMES
+
+    _list_parts(RUNTIMES.describe(), width=18)
 
 
 @app.command("config")
@@ -79,15 +116,18 @@ def run(
 ) -> None:
     """Run a federated fine-tuning job."""
     from fedpeft.experiment.run import run_experiment
+    from fedpeft.testing import fault_drill  # FEDPEFT_INJECT_FAULT's drills reach flower-sim's clients too
 
     overrides = list(set_ or [])
     if resume is not None and not resume.is_dir():
         _fail(f"--resume {resume}: no such run directory")
     with _reported():
         if resume is not None:
-            run_dir, summary = run_experiment(resume_dir=resume, overrides=overrides, quiet=quiet)
+            run_dir, summary = run_experiment(
+                resume_dir=resume, overrides=overrides, quiet=quiet, client_fault=fault_drill
+            )
         else:
-            run_dir, summary = run_experiment(load_config(recipe, overrides), quiet=quiet)
+            run_dir, summary = run_experiment(load_config(recipe, overrides), quiet=quiet, client_fault=fault_drill)
     final = summary["final_eval"] or {}
     typer.echo(
         f"done: {summary['rounds_completed']} rounds, eval loss {final.get('loss', float('nan')):.4f}, "
@@ -203,7 +243,7 @@ def _exec_flower(command: list[str], dry_run: bool) -> None:
     import os
     import shlex
 
-    from fedpeft.runtime.flower import flower_env
+    from fedpeft.deploy import flower_env
 
     typer.echo(shlex.join(command), err=True)
     if not dry_run:
@@ -211,7 +251,7 @@ def _exec_flower(command: list[str], dry_run: bool) -> None:
 
 
 def _certificates(certificates: Path | None) -> tuple[str, str, str] | None:
-    from fedpeft.runtime.flower import CA_CERT, SERVER_CERT, SERVER_KEY
+    from fedpeft.deploy import CA_CERT, SERVER_CERT, SERVER_KEY
 
     if certificates is None:
         return None
@@ -238,7 +278,7 @@ def superlink(
     dry_run: Annotated[bool, typer.Option(help="Print the command and exit.")] = False,
 ) -> None:
     """Start a Flower SuperLink for `runtime: flower-deployment` (flower-superlink, apps run in this environment)."""
-    from fedpeft.runtime.flower import superlink_command
+    from fedpeft.deploy import superlink_command
 
     if certificates is None and host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: no --certificates: the SuperLink on {host} accepts plain-text connections", err=True)
@@ -269,7 +309,7 @@ def supernode(
     dry_run: Annotated[bool, typer.Option(help="Print the command and exit.")] = False,
 ) -> None:
     """Start a Flower SuperNode holding one client's partition (flower-supernode with its node config)."""
-    from fedpeft.runtime.flower import supernode_command
+    from fedpeft.deploy import supernode_command
 
     for path in (root_certificates, auth_key):
         if path is not None and not path.is_file():
@@ -296,7 +336,7 @@ def certs(
     node_keys: Annotated[int, typer.Option(help="Also write this many SuperNode key pairs (node-N, node-N.pub).")] = 0,
 ) -> None:
     """Make a self-signed CA and SuperLink certificate (and SuperNode keys) for trials and tests."""
-    from fedpeft.runtime.flower import make_certificates, make_node_keys
+    from fedpeft.deploy import make_certificates, make_node_keys
 
     paths = make_certificates(directory, tuple(host or ["127.0.0.1", "localhost"]))
     for path in paths:

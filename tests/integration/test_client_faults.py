@@ -10,10 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fedpeft.experiment.run import _run, run_experiment
+from fedpeft.experiment.run import run_experiment
+from fedpeft.experiment.run import run_here as _run
 from fedpeft.fl.screening import TooFewUpdatesError
 from fedpeft.reporting.checkpoint import list_checkpoints, load_checkpoint
-from fedpeft.runtime.flower import FAULT_ENV, apply_fault
+from fedpeft.testing import FAULT_ENV, apply_fault, fault_drill
 from tests.integration.test_flower_runtime import TWO_BY_TWO, adapter, assert_same_run, ray_processes_after_shutdown
 
 # Equivalence with the local runtime needs the same arithmetic on both sides (conftest.one_thread).
@@ -100,10 +101,12 @@ def test_too_few_updates_stop_the_run_and_resume_reaches_the_uninterrupted_adapt
 @pytest.mark.slow
 def test_a_client_raising_in_flower_sim_is_dropped_like_a_lost_local_client(micro_config, monkeypatch):
     """The ClientApp really raises (fault drill on its Ray actor); the run equals the local run that lost
-    the same client in the same round."""
+    the same client in the same round. The drill is the entry points' hook (``fedpeft run`` passes it)."""
     reference_dir, reference, _ = run_with_faults(micro_config(*TWO_BY_TWO), {(2, 1): "lost"})
     monkeypatch.setenv(FAULT_ENV, "raise:2:1")
-    flower_dir, flower = run_experiment(micro_config(*TWO_BY_TWO, "runtime=flower-sim"), quiet=True)
+    flower_dir, flower = run_experiment(
+        micro_config(*TWO_BY_TWO, "runtime=flower-sim"), quiet=True, client_fault=fault_drill
+    )
     assert_same_run(reference_dir, reference, flower_dir, flower)
     (failure,) = records(flower_dir, "client_failure")
     assert (failure["round"], failure["client"]) == (2, 1) and "fault drill" in failure["reason"]

@@ -12,17 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedpeft.deploy import flower_env, free_port, make_certificates, make_node_keys
 from fedpeft.experiment.run import run_experiment
-from fedpeft.runtime.flower import (
-    FAULT_ENV,
-    FlowerConnectionError,
-    FlowerRoundError,
-    LoopbackFederation,
-    flower_env,
-    free_port,
-    make_certificates,
-    make_node_keys,
-)
+from fedpeft.runtime.flower import FlowerConnectionError, FlowerRoundError
+from fedpeft.testing import FAULT_ENV, LoopbackFederation
 from tests.integration.test_flower_runtime import TWO_BY_TWO, adapter, assert_same_run
 
 # Equivalence with the local runtime needs the same arithmetic on both sides (conftest.one_thread).
@@ -102,7 +95,7 @@ def test_unreachable_superlink_is_an_error_naming_the_address(micro_config, tmp_
 
 def flwr_cli(tmp: Path, address: str, ca: Path, *args: str) -> subprocess.CompletedProcess:
     """The Flower CLI against this federation's SuperLink over TLS."""
-    from fedpeft.runtime.flower import connection_toml, flower_executable
+    from fedpeft.deploy import connection_toml, flower_executable
 
     home = tmp / "flwr-home"
     home.mkdir(exist_ok=True)

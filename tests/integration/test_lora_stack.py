@@ -10,8 +10,9 @@ import torch
 from peft import PeftModel
 
 from fedpeft.config import ConfigError
-from fedpeft.experiment import run as run_module
-from fedpeft.experiment.run import RunInterrupted, _restore, run_experiment, setup
+from fedpeft.experiment import fit as run_module
+from fedpeft.experiment.resume import restore as _restore
+from fedpeft.experiment.run import RunInterrupted, run_experiment, setup
 from fedpeft.fl.client_round import train_client_round
 from fedpeft.models.peft_methods import lora_layers, lora_scaling, scaled_lora
 from fedpeft.reporting.checkpoint import list_checkpoints, load_checkpoint
@@ -64,10 +65,10 @@ def test_interrupted_stacked_run_resumes_exactly(micro_config, monkeypatch):
     full_dir, _ = run_experiment(config, quiet=True)
     original = run_module.stack_round
 
-    def interrupt_in_round_2(*args):
+    def interrupt_in_round_2(*args, **kwargs):
         if args[3] == 2:
             raise KeyboardInterrupt
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(run_module, "stack_round", interrupt_in_round_2)
     with pytest.raises(RunInterrupted) as info:

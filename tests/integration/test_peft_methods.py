@@ -10,7 +10,8 @@ from peft import PeftModel
 
 from fedpeft.config import ConfigError
 from fedpeft.data.text_tasks import TASK_HEADS, TASK_NUM_LABELS
-from fedpeft.experiment.run import peft_spec, run_experiment, setup
+from fedpeft.experiment.run import run_experiment, setup
+from fedpeft.experiment.setup import peft_spec
 from fedpeft.models.base import load_base_model
 from fedpeft.models.bottleneck import BOTTLENECK_KINDS, load_bottleneck
 from fedpeft.models.peft_methods import save_trained

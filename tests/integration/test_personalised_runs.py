@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedpeft.config import ConfigError
-from fedpeft.experiment import run as run_module
+from fedpeft.experiment import fit as run_module
 from fedpeft.experiment.compare import compare, parse_entries
 from fedpeft.experiment.run import RunInterrupted, run_experiment, setup
 from fedpeft.reporting.checkpoint import list_checkpoints, load_checkpoint
@@ -101,10 +101,10 @@ def test_interrupted_personalised_and_fedkd_runs_resume_exactly(micro_config, mo
     full_dir, _ = run_experiment(config, quiet=True)
     original = getattr(run_module, patched)
 
-    def interrupt_in_round_2(*args):
+    def interrupt_in_round_2(*args, **kwargs):
         if args[-1] == 2:
             raise KeyboardInterrupt
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(run_module, patched, interrupt_in_round_2)
     with pytest.raises(RunInterrupted) as info:

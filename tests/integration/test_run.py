@@ -86,10 +86,10 @@ def test_resume_after_interrupt_gives_the_same_final_adapter(micro_config, monke
 
     original = FedAvg.aggregate
 
-    def interrupt_in_round_2(self, global_state, updates, server_round):
+    def interrupt_in_round_2(self, global_state, updates, server_round, context=None):
         if server_round == 2:
             raise KeyboardInterrupt
-        return original(self, global_state, updates, server_round)
+        return original(self, global_state, updates, server_round, context=context)
 
     monkeypatch.setattr(FedAvg, "aggregate", interrupt_in_round_2)
     with pytest.raises(RunInterrupted, match="--resume") as info:
@@ -211,7 +211,7 @@ def test_completion_task_runs_and_ignores_special_tokens(micro_config):
 
 
 def test_interrupt_while_checkpointing_keeps_log_and_summary_at_the_last_checkpoint(micro_config, monkeypatch):
-    from fedpeft.experiment import run as run_module
+    from fedpeft.experiment import fit as run_module
 
     real_save = run_module.save_checkpoint
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedpeft.config import ConfigError
-from fedpeft.experiment import run as run_module
+from fedpeft.experiment import fit as run_module
 from fedpeft.experiment.run import RunInterrupted, run_experiment, setup
 from fedpeft.fl.strategies import STRATEGIES
 
@@ -79,10 +79,10 @@ def test_interrupted_run_with_server_state_resumes_exactly(micro_config, monkeyp
     full_dir, _ = run_experiment(config, quiet=True)
     original = run_module.aggregate_round
 
-    def interrupt_in_round_2(strategy_, mode_, global_state, updates, server_round):
+    def interrupt_in_round_2(strategy_, mode_, global_state, updates, server_round, context=None):
         if server_round == 2:
             raise KeyboardInterrupt
-        return original(strategy_, mode_, global_state, updates, server_round)
+        return original(strategy_, mode_, global_state, updates, server_round, context=context)
 
     monkeypatch.setattr(run_module, "aggregate_round", interrupt_in_round_2)
     with pytest.raises(RunInterrupted) as info:

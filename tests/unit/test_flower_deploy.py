@@ -16,16 +16,15 @@ from typer.testing import CliRunner
 from fedpeft.cli import app
 from fedpeft.config import load_config
 from fedpeft.config.recipes import dump_config
-from fedpeft.experiment.flower_app import APP_PYPROJECT, config_from_run_config
+from fedpeft.flower_apps import config_from_run_config
+from fedpeft.runtime.flower.launch import APP_PYPROJECT
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: flwr depends on tomli
     import tomli as tomllib
 
-from fedpeft.runtime.flower import (
-    FlowerConnectionError,
-    FlowerRoundError,
+from fedpeft.deploy import (
     check_reachable,
     connection_toml,
     free_port,
@@ -34,6 +33,7 @@ from fedpeft.runtime.flower import (
     make_node_keys,
     supernode_command,
 )
+from fedpeft.runtime.flower import FlowerConnectionError, FlowerRoundError
 
 
 def test_run_config_with_recipe_and_overrides_gives_that_recipe_on_the_deployment_runtime():
@@ -148,7 +148,7 @@ def slow_runtime(grid, monkeypatch):
 
     import flwr.app
 
-    import fedpeft.runtime.flower as flower
+    import fedpeft.runtime.flower.server as flower
 
     monkeypatch.setattr(
         flwr.app, "Message", lambda content, dst_node_id, message_type: SimpleNamespace(dst_node_id=dst_node_id)

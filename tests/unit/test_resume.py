@@ -11,7 +11,7 @@ import yaml
 
 from fedpeft.config import ConfigError, load_config
 from fedpeft.config.recipes import dump_config
-from fedpeft.experiment.run import resume_config, state_mismatch
+from fedpeft.experiment.resume import resume_config, state_mismatch
 from fedpeft.reporting.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from fedpeft.reporting.run_dir import MetricsLog, RunDirError
 

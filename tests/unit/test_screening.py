@@ -7,7 +7,7 @@ import torch
 
 from fedpeft.config import ConfigError, load_config
 from fedpeft.fl.screening import TooFewUpdatesError, check_enough_updates, update_problem
-from fedpeft.runtime.flower import FAULT_ENV, apply_fault, injected_fault
+from fedpeft.testing import FAULT_ENV, apply_fault, injected_fault
 
 SENT = {"a.lora_A": torch.zeros(2, 4), "a.lora_B": torch.zeros(4, 2), "steps": torch.zeros(1, dtype=torch.long)}
 

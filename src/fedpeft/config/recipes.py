@@ -41,7 +41,10 @@ def read_recipe(recipe: str) -> dict[str, Any]:
     elif recipe.endswith((".yaml", ".yml")):
         path = Path(recipe)
         if not path.exists():
-            raise ConfigError(f"recipe file {recipe!r} does not exist")
+            raise ConfigError(
+                f"recipe file {recipe!r} does not exist; valid recipes: {', '.join(sorted(files))} "
+                "(or a path to a .yaml file)"
+            )
     else:
         raise ConfigError(
             f"unknown recipe {recipe!r}; valid recipes: {', '.join(sorted(files))} (or a path to a .yaml file)"

@@ -3,38 +3,33 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core.core_schema import ValidationInfo
 
+from fedpeft.config.section import PATH_MAX, Section, known_home
+from fedpeft.config.training import EvalConfig, FLConfig, FlowerConfig, OutputConfig, TrainConfig
+from fedpeft.data.partition import PARTITIONS
+from fedpeft.data.tasks import TASKS
 from fedpeft.fl.sampling import clients_per_round
+from fedpeft.models.methods import METHODS
+from fedpeft.models.methods.config_keys import fold_legacy_keys, legacy_default, resolve_method_args
+from fedpeft.registry import summary_of
 
-PATH_MAX = 4096
-"""Longest name or path a field that names a file, directory or model takes (Linux's PATH_MAX)."""
-
-
-def _known_home(path: str) -> str:
-    """A path starting with ``~user`` names a user this machine knows (else expanding it fails later)."""
-    if path.startswith("~"):
-        try:
-            Path(path).expanduser()
-        except RuntimeError:
-            raise ValueError("starts with the home directory of an unknown user") from None
-    return path
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True, allow_inf_nan=False
-    )
-
-    @field_validator("*")
-    @classmethod
-    def _no_nul(cls, v: Any) -> Any:
-        if isinstance(v, str) and "\x00" in v:
-            raise ValueError("contains a NUL character (\\x00), which no name, path or setting may")
-        return v
+__all__ = [
+    "PATH_MAX",
+    "DataConfig",
+    "EvalConfig",
+    "FLConfig",
+    "FlowerConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PeftConfig",
+    "RunConfig",
+    "Section",
+    "TrainConfig",
+]
 
 
 class ModelConfig(Section):
@@ -58,7 +53,7 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _known_home(v)
+        return known_home(v)
 
     @field_validator("device")
     @classmethod
@@ -68,12 +63,13 @@ class ModelConfig(Section):
         return v
 
 
+MethodName = Literal[METHODS.names()]  # every registered PEFT method (fedpeft.models.methods): no edit here
+
+
 class PeftConfig(Section):
-    method: Literal["lora", "ia3", "prompt", "ptuning", "prefix", "adapter_h", "adapter_p", "parallel", "full"] = Field(
+    method: MethodName = Field(
         "lora",
-        description="lora (with use_rslora / use_dora), ia3, prompt (prompt tuning), ptuning (P-tuning: a prompt "
-        "encoder), prefix (prefix tuning), adapter_h / adapter_p / parallel (Houlsby, Pfeiffer and parallel "
-        "bottleneck adapters), or full (every weight trains and travels).",
+        description=f"PEFT method: {', '.join(METHODS.names())} (`fedpeft methods` describes each and its settings).",
     )
     r: int = Field(8, description="LoRA rank (> 0).")
     alpha: float = Field(16.0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
@@ -81,18 +77,23 @@ class PeftConfig(Section):
     target_modules: list[str] | Literal["auto"] = Field(
         "auto", description="Module names to adapt, or 'auto' for the architecture's attention projections."
     )
-    use_rslora: bool = Field(False, description="LoRA: scale by alpha / sqrt(r) (rank-stabilised LoRA).")
-    use_dora: bool = Field(False, description="LoRA: DoRA, a trained magnitude per output on top of LoRA.")
-    num_virtual_tokens: int = Field(20, gt=0, description="prompt / ptuning / prefix: learned virtual tokens.")
-    bottleneck_size: int = Field(64, gt=0, description="adapter_h / adapter_p / parallel: bottleneck width.")
-    bottleneck_activation: Literal["tanh", "relu", "gelu"] = Field(
-        "tanh", description="adapter_h / adapter_p / parallel: the bottleneck's non-linearity (S2: tanh)."
+    method_args: dict[str, Any] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="Settings of the method, e.g. {use_dora: true} for lora (`fedpeft methods` lists them); "
+        "resolved to every setting of the method. The older keys peft.use_rslora, use_dora, num_virtual_tokens, "
+        "bottleneck_size and bottleneck_activation are still read into it.",
     )
     client_ranks: list[int] | None = Field(
         None,
         description="LoRA rank of each client (client c trains rank client_ranks[c % len]) inside the global "
         "adapter of rank peft.r; null: every client uses peft.r.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_method_keys(cls, data: Any) -> Any:
+        return fold_legacy_keys(data, cls.model_fields["method"].default)
 
     @field_validator("r")
     @classmethod
@@ -101,10 +102,43 @@ class PeftConfig(Section):
             raise ValueError(f"must be a positive integer, got {v}")
         return v
 
+    @field_validator("method_args")
+    @classmethod
+    def _method_args(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "method" not in info.data:  # an invalid method is reported on its own
+            return v
+        return resolve_method_args(info.data["method"], v)
+
+    def method_settings(self) -> Any:
+        """The method's ``Settings`` dataclass, from ``method_args``."""
+        return METHODS.get(self.method).parse_args(self.method_args)
+
+    # Read-only views of the settings that were peft.* fields before peft.method_args; a method that does
+    # not take one gives its old default.
+    @property
+    def use_rslora(self) -> bool:
+        return self.method_args.get("use_rslora", legacy_default("use_rslora"))
+
+    @property
+    def use_dora(self) -> bool:
+        return self.method_args.get("use_dora", legacy_default("use_dora"))
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.method_args.get("num_virtual_tokens", legacy_default("num_virtual_tokens"))
+
+    @property
+    def bottleneck_size(self) -> int:
+        return self.method_args.get("bottleneck_size", legacy_default("bottleneck_size"))
+
+    @property
+    def bottleneck_activation(self) -> str:
+        return self.method_args.get("bottleneck_activation", legacy_default("bottleneck_activation"))
+
     @model_validator(mode="after")
     def _client_ranks(self) -> PeftConfig:
         ranks = self.client_ranks
-        if ranks is not None and self.method != "lora":
+        if ranks is not None and not METHODS.get(self.method).trains_lora_pairs:
             raise ValueError(f"peft.client_ranks are LoRA ranks; peft.method={self.method} has none")
         if ranks is not None and (not ranks or any(not 0 < r <= self.r for r in ranks)):
             raise ValueError(
@@ -112,6 +146,10 @@ class PeftConfig(Section):
                 "(peft.r is the global adapter's rank)"
             )
         return self
+
+
+TaskName = Literal[TASKS.names()]  # every registered task (fedpeft.data.tasks): a new task file needs no edit here
+PartitionName = Literal[PARTITIONS.names()]  # every registered partition scheme (fedpeft.data.partition)
 
 
 class DataConfig(Section):
@@ -127,15 +165,8 @@ class DataConfig(Section):
         description="Published schema of a local file: dolly, guanaco-commits, cola, sst2, codexglue-defect, "
         "codexglue-code-to-text, codexglue-completion, codexglue-clone, codexglue-search.",
     )
-    task: Literal[
-        "instruction", "completion", "code_to_text", "code_search", "defect", "clone", "text_classification"
-    ] = Field(
-        "instruction",
-        description="instruction: signature + docstring -> body (Alpaca template); completion: whole functions, "
-        "token accuracy ignoring special tokens; code_to_text: function -> first docstring sentence, smoothed "
-        "BLEU-4 (CodeXGLUE); defect: function -> buggy or clean (injected bugs), a classification head; "
-        "code_search: docstring -> function, MRR over the split; clone: function pair -> clone or not, F1 at a validation-chosen threshold; text_classification: "
-        "sentence -> label (CoLA, SST-2), MCC and accuracy.",
+    task: TaskName = Field(
+        "instruction", description="; ".join(f"{name}: {TASKS.get(name).summary}" for name in TASKS.names()) + "."
     )
     modules: list[str] | None = Field(None, description="Restrict the stdlib corpus to these top-level modules.")
     max_rows: int | None = Field(None, gt=0, description="Keep a seeded random subset of this many rows.")
@@ -143,11 +174,9 @@ class DataConfig(Section):
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of each client's rows held out for validation."
     )
-    partition: Literal["iid", "shards", "dirichlet", "quantity", "natural"] = Field(
+    partition: PartitionName = Field(
         "iid",
-        description="iid: uniform random; shards: sort by category, 2K shards, 2 per client (Shepherd); "
-        "dirichlet: per-category client shares from Dirichlet(alpha); quantity: each client takes U(a, b) of "
-        "the remaining pool (S0); natural: whole categories (modules) per client.",
+        description="; ".join(f"{name}: {summary_of(PARTITIONS.get(name))}" for name in PARTITIONS.names()) + ".",
     )
     shards_per_client: int = Field(2, gt=0, description="Shards each client receives with partition=shards.")
     dirichlet_alpha: float = Field(0.5, gt=0, description="Concentration for partition=dirichlet (small = skewed).")
@@ -176,169 +205,7 @@ class DataConfig(Section):
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        return _known_home(v)
-
-
-class FLConfig(Section):
-    clients: int = Field(8, description="Number of clients the data is split across (>= 1).")
-    rounds: int = Field(5, gt=0, description="Federated rounds.")
-    fraction: float = Field(0.5, description="Fraction of clients sampled per round, in (0, 1].")
-    strategy: str = Field("fedavg", description="Server strategy name (`fedpeft strategies` lists them).")
-    strategy_args: dict[str, Any] = Field(
-        default_factory=dict, description="Settings of the strategy, e.g. {mu: 0.01} for fedprox."
-    )
-    lora_aggregation: Literal["separate", "product", "stack"] = Field(
-        "separate",
-        description="How LoRA pairs are aggregated: separate (A and B each by the strategy, FedIT), product "
-        "(the strategy acts on dW = B A, re-factored to rank r by truncated SVD; residual logged) or stack "
-        "(FLoRA: the clients' pairs concatenated, exact, merged into the base each round; fedavg and fedprox).",
-    )
-    transport_dtype: Literal["native", "float32", "bfloat16", "float16"] = Field(
-        "native",
-        description="Dtype adapters and updates travel in (both ways): native (the trainable tensors' own), or "
-        "rounded to float32 / bfloat16 / float16; bytes are counted at it.",
-    )
-    seed: int = Field(0, ge=0, description="Seeds the data split, client sampling, init and training.")
-    min_clients: int = Field(
-        1,
-        ge=1,
-        description="Usable client updates a round needs: updates from clients that failed, timed out or sent "
-        "a mis-shaped or non-finite state are dropped (and logged); the round aggregates the rest if at least "
-        "this many remain, otherwise the run stops with each client's reason (and resumes from its last round).",
-    )
-
-    @field_validator("clients")
-    @classmethod
-    def _clients(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be at least 1, got {v}")
-        return v
-
-    @field_validator("fraction")
-    @classmethod
-    def _fraction(cls, v: float) -> float:
-        if not 0.0 < v <= 1.0:
-            raise ValueError(f"must be in (0, 1], got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _min_clients(self) -> FLConfig:
-        sampled = clients_per_round(self.clients, self.fraction)
-        if self.min_clients > sampled:
-            raise ValueError(
-                f"fl.min_clients={self.min_clients} exceeds the {sampled} client(s) sampled per round "
-                f"(fl.clients={self.clients} x fl.fraction={self.fraction}); lower it or sample more clients"
-            )
-        return self
-
-
-class TrainConfig(Section):
-    epochs: float | None = Field(1.0, gt=0, description="Local epochs per round (ignored when max_steps is set).")
-    max_steps: int | None = Field(None, gt=0, description="Local optimizer steps per round; overrides epochs.")
-    batch_size: int = Field(8, gt=0, description="Examples per optimizer step.")
-    micro_batch_size: int = Field(
-        8, gt=0, description="Examples per forward pass; batch_size / micro_batch_size accumulation steps."
-    )
-    lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
-    schedule: Literal["constant", "linear", "cosine"] = Field(
-        "cosine", description="LR schedule within a client round."
-    )
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of a round's local steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables clipping.")
-    gradient_checkpointing: bool = Field(
-        False,
-        description="Recompute activations in the backward pass instead of keeping them (less memory, ~30% more time).",
-    )
-    mixed_precision: Literal["none", "bf16", "fp16"] = Field(
-        "none",
-        description="Run forward passes (training and evaluation) under torch autocast in bf16 or fp16 (fp16 with a "
-        "gradient scaler); the trainable tensors stay in their own dtype. For GPUs: most CPUs run it slower.",
-    )
-    packing: bool = Field(
-        False,
-        description="Causal LM: pack each micro-batch's examples into rows of data.max_length tokens with position "
-        "ids restarting per document (no attention across documents) instead of padding each to the longest. "
-        "Same loss and updates, fewer padded tokens.",
-    )
-
-    @model_validator(mode="after")
-    def _accumulation(self) -> TrainConfig:
-        if self.batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({self.micro_batch_size})"
-            )
-        if self.epochs is None and self.max_steps is None:
-            raise ValueError("set train.epochs or train.max_steps")
-        return self
-
-
-class EvalConfig(Section):
-    every: int = Field(
-        1, ge=0, description="Evaluate every N rounds (the last round always); 0 evaluates only at the end."
-    )
-    batch_size: int = Field(16, gt=0, description="Examples per evaluation forward pass.")
-    clients: bool = Field(True, description="Also evaluate the global adapter on each client's validation split.")
-    max_new_tokens: int = Field(32, gt=0, description="Greedy generation length for generation-scored tasks.")
-    retrieval_candidates: int = Field(
-        1000,
-        gt=0,
-        description="Code search: each test query is ranked among this many codes (its own, the other test "
-        "queries' and distractors from rows no client trains on), as far as the source has them.",
-    )
-
-
-class FlowerConfig(Section):
-    client_cpus: float = Field(1.0, gt=0, description="flower-sim: CPUs each simulated client (Ray actor) reserves.")
-    client_gpus: float = Field(0.0, ge=0, description="flower-sim: GPU share each simulated client reserves.")
-    round_timeout: float | None = Field(
-        None, gt=0, description="Seconds the server waits for a round's replies (null: no limit)."
-    )
-    superlink: str = Field(
-        "127.0.0.1:8000",
-        description="flower-deployment: the SuperLink's address, host:port (its HTTP API; 8000 by default).",
-    )
-    root_certificates: str | None = Field(
-        None,
-        max_length=PATH_MAX,
-        description="flower-deployment: the CA certificate (PEM) that signed the SuperLink's TLS certificate; "
-        "null: an insecure (plain HTTP) connection, for 127.0.0.1 tests only.",
-    )
-    connect_timeout: float = Field(
-        120.0,
-        gt=0,
-        description="flower-deployment: seconds the server waits for every client's node (flower-sim waits until "
-        "its simulated nodes have started, however long a loaded machine takes).",
-    )
-    secure_aggregation: bool = Field(
-        False,
-        description="SecAgg+ (Flower's SecAggPlusWorkflow and secaggplus_mod): clients send masked states and the "
-        "server learns only their example-weighted mean. Flower runtimes, fedavg/fedprox, >= 2 clients per round.",
-    )
-    secagg_num_shares: float = Field(
-        1.0,
-        gt=0,
-        description="SecAgg+: secret shares per client, as a fraction of the round's clients (<= 1) or a count.",
-    )
-    secagg_reconstruction_threshold: float = Field(
-        1.0,
-        gt=0,
-        description="SecAgg+: shares needed to reconstruct a secret, as a fraction of num_shares (<= 1) or a count; "
-        "lower tolerates more dropouts, higher resists more collusion.",
-    )
-    secagg_clipping_range: float = Field(
-        8.0, gt=0, description="SecAgg+: each value is clipped to [-range, range] before quantization."
-    )
-    secagg_quantization_range: int = Field(
-        2**22,
-        gt=1,
-        description="SecAgg+: values are quantized to this many levels (resolution 2*clipping_range/levels).",
-    )
-
-
-class OutputConfig(Section):
-    dir: str = Field("runs", max_length=PATH_MAX, description="Parent directory of run directories.")
-    keep_checkpoints: int = Field(2, gt=0, description="Round checkpoints kept (the newest); older are deleted.")
+        return known_home(v)
 
 
 class RunConfig(Section):
@@ -362,7 +229,7 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
         quant = self.model.quantization
-        if quant != "none" and self.peft.method == "full":
+        if quant != "none" and METHODS.get(self.peft.method).trains_everything:
             raise ValueError(
                 f"peft.method=full trains every base weight, but model.quantization={quant} stores them as integers; "
                 "use an adapter method (lora on a 4bit base is QLoRA) or model.quantization=none"
@@ -372,16 +239,17 @@ class RunConfig(Section):
                 f"fl.lora_aggregation=stack merges every round into the base weights, which model.quantization={quant} "
                 "stores as integers; use separate or product, or model.quantization=none"
             )
-        if self.train.packing and self.peft.method in ("prompt", "ptuning", "prefix"):
+        if self.train.packing and METHODS.get(self.peft.method).is_prompt:
             raise ValueError(
                 f"train.packing puts several documents in one row; peft.method={self.peft.method} prepends its "
                 "virtual tokens once per row, so documents after the first would not see them. Turn packing off"
             )
         if self.flower.secure_aggregation:
             self._check_secure_aggregation()
-        if self.train.packing and self.data.task in ("code_search", "defect", "clone", "text_classification"):
+        if self.train.packing and not TASKS.get(self.data.task).supports_packing:
+            packable = ", ".join(name for name in TASKS.names() if TASKS.get(name).supports_packing)
             raise ValueError(
-                f"train.packing applies to the token-predicting tasks (instruction, completion, code_to_text); "
+                f"train.packing applies to the token-predicting tasks ({packable}); "
                 f"data.task={self.data.task} scores whole examples"
             )
         return self

@@ -13,7 +13,8 @@ import numpy as np
 from fedpeft.data.partition import PartitionError, category_table, partition_rows
 from fedpeft.data.sources import DataSourceError, load_source_rows
 from fedpeft.data.stdlib_corpus import load_stdlib_corpus
-from fedpeft.data.text_tasks import TASK_HEADS, TASK_NUM_LABELS, LabelledText, rows_for_task, tokenize_task_rows
+from fedpeft.data.tasks import TASKS, get_task, rows_for_task
+from fedpeft.data.tasks.common import LabelledText, tokenize_task_rows
 from fedpeft.tensors.batching import TokenizedExample
 
 
@@ -51,7 +52,7 @@ def load_rows(
     """Task rows from the stdlib corpus or a named dataset; labels are checked against the task."""
     if source != "stdlib":
         rows = load_source_rows(source, schema, task, template)
-        n_labels = TASK_NUM_LABELS.get(task)
+        n_labels = get_task(task).num_labels if task in TASKS else None
         bad = [r.label for r in rows if isinstance(r, LabelledText) and not 0 <= r.label < (n_labels or 0)]
         if bad:
             raise DataSourceError(f"data.source {source!r}: label {bad[0]} is outside 0..{n_labels - 1} for {task}")
@@ -120,6 +121,7 @@ def build_federated_data(
     has already loaded (and checked) them."""
     if server_split not in ("held_out", "shared"):
         raise ValueError(f"unknown data.server_split {server_split!r}; valid: held_out, shared")
+    tokenize = get_task(task).tokenize
     if rows is None:
         rows = load_rows(source, modules, task, template, schema)
     test_rows = [rows[i] for i in rng.permutation(len(rows)) if rows[i].split == "test"]
@@ -127,7 +129,7 @@ def build_federated_data(
     if not test_rows:
         # A source without its own test split: hold out 2 x test_size random rows (some may be too long).
         test_rows, pool_rows = pool_rows[: 2 * test_size], pool_rows[2 * test_size :]
-    test, dropped_test = tokenize_task_rows(test_rows, tokenizer, max_length)
+    test, dropped_test = tokenize(test_rows, tokenizer, max_length)
     if len(test) < test_size:
         raise PartitionError(
             f"data.test_size={test_size} but only {len(test)} test-split rows fit data.max_length={max_length} "
@@ -135,7 +137,7 @@ def build_federated_data(
         )
     test, unused_test = test[:test_size], test[test_size:]
     client_rows = pool_rows[:max_rows] if max_rows else pool_rows
-    pool, dropped = tokenize_task_rows(client_rows, tokenizer, max_length)
+    pool, dropped = tokenize(client_rows, tokenizer, max_length)
     n_server = int(round(server_fraction * len(pool)))
     if server_fraction > 0 and n_server == 0:
         raise PartitionError(
@@ -149,7 +151,7 @@ def build_federated_data(
         # their start), so the clients keep exactly the rows they would have without a server; if there are
         # not enough, the head of the (seeded, shuffled) client pool, and the report says so.
         spare_rows = pool_rows[max(len(client_rows), len(pool_rows) - 2 * n_server) :]
-        spare = tokenize_task_rows(spare_rows, tokenizer, max_length)[0] if spare_rows else []
+        spare = tokenize(spare_rows, tokenizer, max_length)[0] if spare_rows else []
         if len(spare) >= n_server:
             server, spare_end, server_from = spare[:n_server], len(pool_rows) - len(spare_rows), "beyond data.max_rows"
         else:
@@ -193,7 +195,7 @@ def build_federated_data(
         "categories": category_table(categories, parts),
     }
     distractors = []
-    if TASK_HEADS.get(task) == "embedding":
+    if get_task(task).head == "embedding":
         spare = [r for r in rows if r.split == "valid"] + pool_rows[len(client_rows) : spare_end]
         distractors = retrieval_distractors(unused_test, spare, tokenizer, max_length, retrieval_candidates - len(test))
         report["retrieval_candidates"] = len(test) + len(distractors)

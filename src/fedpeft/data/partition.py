@@ -6,17 +6,20 @@ Notable choices:
   objects and version 0.6.1 pins ``datasets<5`` and ``rich<15``; ours are a few lines each over plain
   index arrays, which every data source already has.
 - Every partitioner is followed by the same minimum-size check, which names the smallest client.
+- Each scheme is registered in ``PARTITIONS`` (``data.partition``) as a function of the same shape,
+  ``(categories, n_clients, rng, options) -> parts``; its docstring's first line is its summary. They are
+  registered in the order ``data.partition`` lists them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from fedpeft.errors import FedpeftError
-
-PARTITIONERS = ("iid", "shards", "dirichlet", "quantity", "natural")
+from fedpeft.registry import Registry
 
 
 class PartitionError(FedpeftError, ValueError):
@@ -157,6 +160,72 @@ def category_table(categories: Sequence[str], parts: Sequence[np.ndarray]) -> di
     return table
 
 
+@dataclass(frozen=True)
+class PartitionOptions:
+    """The ``data.*`` settings the schemes read (each reads only its own)."""
+
+    shards_per_client: int = 2
+    dirichlet_alpha: float = 0.5
+    quantity_range: tuple[float, float] = (0.03, 0.3)
+    min_size: int = 1
+
+
+Partitioner = Callable[[Sequence[str], int, np.random.Generator, PartitionOptions], list[np.ndarray]]
+"""(row categories, clients, generator, options) -> one sorted index array per client."""
+
+PARTITIONS: Registry[Partitioner] = Registry("partition", "data.partition")
+
+
+@PARTITIONS.register("iid")
+def _iid(
+    categories: Sequence[str], n_clients: int, rng: np.random.Generator, options: PartitionOptions
+) -> list[np.ndarray]:
+    """uniform random"""
+    return partition_iid(len(categories), n_clients, rng)
+
+
+@PARTITIONS.register("shards")
+def _shards(
+    categories: Sequence[str], n_clients: int, rng: np.random.Generator, options: PartitionOptions
+) -> list[np.ndarray]:
+    """sort by category, 2K shards, 2 per client (Shepherd)"""
+    return partition_shards(categories, n_clients, options.shards_per_client, rng)
+
+
+@PARTITIONS.register("dirichlet")
+def _dirichlet(
+    categories: Sequence[str], n_clients: int, rng: np.random.Generator, options: PartitionOptions
+) -> list[np.ndarray]:
+    """per-category client shares from Dirichlet(alpha)"""
+    return partition_dirichlet(categories, n_clients, options.dirichlet_alpha, rng, min_size=options.min_size)
+
+
+@PARTITIONS.register("quantity")
+def _quantity(
+    categories: Sequence[str], n_clients: int, rng: np.random.Generator, options: PartitionOptions
+) -> list[np.ndarray]:
+    """each client takes U(a, b) of the remaining pool (S0)"""
+    low, high = options.quantity_range[0], options.quantity_range[1]
+    return partition_quantity(len(categories), n_clients, low, high, rng)
+
+
+@PARTITIONS.register("natural")
+def _natural(
+    categories: Sequence[str], n_clients: int, rng: np.random.Generator, options: PartitionOptions
+) -> list[np.ndarray]:
+    """whole categories (modules) per client"""
+    return partition_natural(categories, n_clients)
+
+
+PARTITIONERS = PARTITIONS.names()
+"""Every scheme's name, in registration order (kept for code written before the registry)."""
+
+
+def describe_partitions() -> list[tuple[str, str, list[tuple[str, object, str]]]]:
+    """(name, summary, settings) per scheme, sorted by name, for ``fedpeft partitions``."""
+    return PARTITIONS.describe()
+
+
 def partition_rows(
     method: str,
     categories: Sequence[str],
@@ -169,18 +238,9 @@ def partition_rows(
     min_size: int = 1,
 ) -> list[np.ndarray]:
     """Dispatch to the named partitioner, then enforce the minimum client size."""
-    n = len(categories)
-    if method == "iid":
-        parts = partition_iid(n, n_clients, rng)
-    elif method == "shards":
-        parts = partition_shards(categories, n_clients, shards_per_client, rng)
-    elif method == "dirichlet":
-        parts = partition_dirichlet(categories, n_clients, dirichlet_alpha, rng, min_size=min_size)
-    elif method == "quantity":
-        parts = partition_quantity(n, n_clients, quantity_range[0], quantity_range[1], rng)
-    elif method == "natural":
-        parts = partition_natural(categories, n_clients)
-    else:
-        raise PartitionError(f"unknown data.partition {method!r}; valid: {', '.join(PARTITIONERS)}")
+    if method not in PARTITIONS:
+        raise PartitionError(f"unknown data.partition {method!r}; valid: {', '.join(PARTITIONS.names())}")
+    options = PartitionOptions(shards_per_client, dirichlet_alpha, quantity_range, min_size)
+    parts = PARTITIONS.get(method)(categories, n_clients, rng, options)
     check_min_size(parts, min_size)
     return parts

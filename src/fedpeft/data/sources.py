@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedpeft.data.text_tasks import LabelledText, TextPair, format_prompt
+from fedpeft.data.tasks.common import LabelledText, TextPair, format_prompt
 from fedpeft.errors import FedpeftError
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

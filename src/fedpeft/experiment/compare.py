@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from fedpeft.config.recipes import ConfigError, load_config, validate_config
-from fedpeft.config.schema import RunConfig
+from fedpeft.config.schema import PeftConfig, RunConfig
 from fedpeft.experiment.progress import HEADLINE_METRICS
 from fedpeft.fl.strategies import build_strategy
+from fedpeft.models.methods.config_keys import LEGACY_KEYS
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.plots import plot_comparison
 
@@ -62,7 +63,10 @@ def parse_entries(spec: str, kind: str = "strategies") -> list[Entry]:
             key, sep, value = setting.partition("=")
             if not sep or not key:
                 raise ConfigError(f"--{kind} entry {item!r}: {setting!r} is not key=value (e.g. {example})")
-            overrides.append(f"{key}={value}" if "." in key else f"{plain_prefix}.{key}={value}")
+            prefix = plain_prefix
+            if kind == "methods" and key not in PeftConfig.model_fields and key not in LEGACY_KEYS:
+                prefix = "peft.method_args"  # a method's own setting
+            overrides.append(f"{key}={value}" if "." in key else f"{prefix}.{key}={value}")
         entries.append(Entry(item, name if kind == "strategies" else None, tuple(overrides)))
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
@@ -93,7 +97,8 @@ def _data_key(config: RunConfig) -> str:
 def preflight(configs: dict[str, RunConfig]) -> None:
     """Every entry's strategy built, sized and bound to its model and data before anything trains (one
     setup per distinct model/data configuration)."""
-    from fedpeft.experiment.run import check_strategy_fits, setup
+    from fedpeft.experiment.checks import check_strategy_fits
+    from fedpeft.experiment.setup import server_context, setup
 
     states = {}
     for label, config in configs.items():
@@ -104,7 +109,8 @@ def preflight(configs: dict[str, RunConfig]) -> None:
                 continue
             state = states[key]
             strategy = build_strategy(config.fl.strategy, config.fl.strategy_args)
-            check_strategy_fits(strategy, config, state.model, state.tokenizer, state.data, state.runtime.args)
+            context = server_context(config, state.model, state.tokenizer, state.data, state.args)
+            check_strategy_fits(strategy, config, state.model, state.data, context)
         except (ValueError, ConfigError) as err:
             raise ConfigError(f"compare entry {label!r}: {err}") from None
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedpeft.config.schema import RunConfig
-from fedpeft.experiment.run import build_data
+from fedpeft.experiment.setup import build_data
 from fedpeft.models.base import load_tokenizer
 from fedpeft.reporting.plots import category_cell, category_columns, plot_partition_heatmap
 

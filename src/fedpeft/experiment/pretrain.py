@@ -102,7 +102,7 @@ def pretrain(args: PretrainArgs, out: Path, log: Callable[[str], None] = print) 
     """Train tokenizer and model from scratch; write a Hugging Face model directory with a model card."""
     from transformers import LlamaForCausalLM
 
-    from fedpeft.experiment.run import quiet_libraries
+    from fedpeft.experiment.setup import quiet_libraries
 
     quiet_libraries()
     if args.size not in BUILTIN_SIZES:

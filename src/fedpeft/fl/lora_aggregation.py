@@ -13,6 +13,9 @@ clients' ranks; the rank grows with every round, so the run merges B_s A_s into 
 the next round from a fresh adapter (see ``experiment.run``). Only strategies whose aggregate is that
 weighted mean can stack (``Strategy.stackable``).
 
+Each function takes the run's :class:`ServerContext` as ``context`` and passes it to the strategy; without
+one, the strategy uses the context it was bound to (``Strategy.bind``). Figures come back with the result.
+
 Tensors that are not LoRA pairs (classification heads, DoRA magnitudes) are aggregated by the strategy
 as they are.
 """
@@ -26,7 +29,7 @@ import torch
 
 from fedpeft.fl.client_round import ClientUpdate
 from fedpeft.fl.lora_ranks import ClientRanks
-from fedpeft.fl.strategies.base import PersonalisedStrategy, Strategy
+from fedpeft.fl.strategies.base import PersonalisedStrategy, ServerContext, Strategy
 from fedpeft.tensors import TensorDict
 from fedpeft.tensors.aggregate import mix_states
 from fedpeft.tensors.lora import from_product_space, lora_pairs, to_product_space
@@ -57,6 +60,7 @@ def stack_round(
     updates: Sequence[ClientUpdate],
     server_round: int,
     ranks: ClientRanks | None = None,
+    context: ServerContext | None = None,
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], TensorDict, dict[str, float]]:
     """(A key -> (B_s, A_s) stacked over the clients at each one's rank, the other trainable tensors as the
     strategy aggregates them, figures). Products are at the adapter's global scaling."""
@@ -75,42 +79,61 @@ def stack_round(
         stacked[a_key] = (torch.cat(bs, dim=1), torch.cat(as_, dim=0))
     paired = {k for ab in pairs.values() for k in ab}
     rest_global = {k: v for k, v in global_state.items() if k not in paired}
-    rest = {}
+    rest, figures = {}, {}
     if rest_global:
         rest_updates = [replace(u, state={k: u.state[k] for k in rest_global}) for u in updates]
-        rest = strategy.aggregate(rest_global, rest_updates, server_round)
+        rest, figures = _aggregate(strategy, rest_global, rest_updates, server_round, context)
     rank = next(iter(stacked.values()))[1].shape[0] if stacked else 0
-    return stacked, rest, {"stacked_rank": rank} | strategy.round_figures()
+    return stacked, rest, {"stacked_rank": rank} | figures
+
+
+def _aggregate(
+    strategy: Strategy,
+    global_state: TensorDict,
+    updates: Sequence[ClientUpdate],
+    server_round: int,
+    context: ServerContext | None,
+) -> tuple[TensorDict, dict[str, float]]:
+    result = strategy.aggregate(global_state, updates, server_round, context=context)
+    return dict(result), dict(result.figures)
 
 
 def aggregate_round(
-    strategy: Strategy, mode: str, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int
+    strategy: Strategy,
+    mode: str,
+    global_state: TensorDict,
+    updates: Sequence[ClientUpdate],
+    server_round: int,
+    context: ServerContext | None = None,
 ) -> tuple[TensorDict, dict[str, float]]:
     """The strategy's next global state under LoRA aggregation ``mode``, and figures for the round log. A
     strategy that pools the data (centralised) has one update and nothing to aggregate: any mode is separate."""
-    if mode == "separate" or strategy.pools_data:
-        new_state = strategy.aggregate(global_state, updates, server_round)
-        return new_state, strategy.round_figures()
+    if mode == "separate" or strategy.kind == "pooled":
+        return _aggregate(strategy, global_state, updates, server_round, context)
     in_product = [replace(u, state=to_product_space(u.state)) for u in updates]
-    new_product = strategy.aggregate(to_product_space(global_state), in_product, server_round)
+    new_product, figures = _aggregate(strategy, to_product_space(global_state), in_product, server_round, context)
     new_state, residuals = from_product_space(new_product, global_state)
-    return new_state, _residual_figures([residuals]) | strategy.round_figures()
+    return new_state, _residual_figures([residuals]) | figures
 
 
 def aggregate_personalised_round(
-    strategy: PersonalisedStrategy, mode: str, updates: Sequence[ClientUpdate], server_round: int
+    strategy: PersonalisedStrategy,
+    mode: str,
+    updates: Sequence[ClientUpdate],
+    server_round: int,
+    context: ServerContext | None = None,
 ) -> tuple[list[TensorDict], torch.Tensor, dict[str, float]]:
     """Each updated client's next state (in the order of ``updates``), the row-normalised mixing matrix W and
     figures for the round log. In ``product`` mode the rows of W mix the clients' products B A, and each
     client's mix is re-factored to its rank."""
-    weights = strategy.mixing_matrix(updates, server_round)
-    weights = weights.to(torch.float64) / weights.to(torch.float64).sum(1, keepdim=True)
+    mixing = strategy.mixing_weights(updates, server_round, strategy.context_for(context))
+    weights = mixing.weights.to(torch.float64) / mixing.weights.to(torch.float64).sum(1, keepdim=True)
     # A client whose row is its own unit vector (local training, warm-up rounds) keeps its update as it is:
     # nothing to mix, and in product mode no re-factoring of factors it trained.
     identity = torch.eye(len(updates), dtype=torch.float64)
     alone = [torch.equal(weights[i], identity[i]) for i in range(len(updates))]
     if all(alone):
-        return [u.state for u in updates], weights, strategy.round_figures()
+        return [u.state for u in updates], weights, dict(mixing.figures)
     product = mode != "separate"
     mixed = mix_states([to_product_space(u.state) if product else u.state for u in updates], weights)
     states, residuals = [], []
@@ -122,7 +145,7 @@ def aggregate_personalised_round(
         states.append(state)
         residuals.append(residual)
     figures = _residual_figures(residuals) if residuals else {}
-    return states, weights, figures | strategy.round_figures()
+    return states, weights, figures | mixing.figures
 
 
 def _residual_figures(residuals: Sequence[dict[str, float]]) -> dict[str, float]:

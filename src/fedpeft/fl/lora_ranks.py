@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fedpeft.models.peft_methods import scaled_lora
+from fedpeft.models.lora_layers import scaled_lora
 from fedpeft.tensors import TensorDict, payload_bytes
-
-_A, _B = ".lora_A.", ".lora_B."
+from fedpeft.tensors.lora import LORA_A_KEY as _A
+from fedpeft.tensors.lora import LORA_B_KEY as _B
 
 
 @dataclass(frozen=True)

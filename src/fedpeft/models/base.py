@@ -232,3 +232,13 @@ def load_base_model(
     for param in model.parameters():
         param.requires_grad_(False)
     return LoadedBase(model=model, tokenizer=tokenizer, source=source, head=head)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each block's activations in the backward pass (transformers' non-reentrant checkpointing,
+    which also replays dropout exactly, so the gradients are those of the plain pass)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        model_type = getattr(getattr(inner, "config", None), "model_type", "?")
+        raise ValueError(f"train.gradient_checkpointing: model type {model_type!r} does not support it; set it false")
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

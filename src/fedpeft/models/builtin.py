@@ -7,6 +7,8 @@ Notable choices:
   ``builtin:micro`` (and ``builtin:micro64``, its 64-wide twin that 4-bit CPU kernels take) are seeded
   random inits for benchmarks and tests, built once into the cache.
 - Random-init builds train their tokenizer on the corpus 'train' split only, like the pretrained model.
+  The corpus belongs to the data layer, above this one, so its texts are passed in (``tokenizer_texts``)
+  or registered once with :func:`set_tokenizer_corpus` by the package that composes the layers.
 - Either way the model is an ordinary Hugging Face model directory, so peft adapters point at a real
   path that ``from_pretrained`` loads.
 - The tokenizer keeps distinct pad and end-of-sequence tokens so that end-of-sequence is learned.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,6 +29,17 @@ from fedpeft.paths import cache_dir
 BUILTIN_PREFIX = "builtin:"
 BUILD_VERSION = 2
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
+
+TextSource = Callable[[], Iterable[str]]
+"""Gives the texts a random-init built-in trains its tokenizer on (called only when one is built)."""
+_tokenizer_corpus: TextSource | None = None
+
+
+def set_tokenizer_corpus(texts: TextSource) -> None:
+    """Register where random-init built-ins train their tokenizer when no ``tokenizer_texts`` is passed:
+    the code of the stdlib corpus's train split (``fedpeft/__init__.py`` registers it)."""
+    global _tokenizer_corpus
+    _tokenizer_corpus = texts
 
 
 @dataclass(frozen=True)
@@ -100,13 +113,11 @@ def llama_config(size: BuiltinSize, tokenizer):
     )
 
 
-def build_builtin(name: str, seed: int = 0) -> Path:
+def build_builtin(name: str, seed: int = 0, tokenizer_texts: TextSource | None = None) -> Path:
     """The model directory of built-in model ``name`` (e.g. ``builtin:small``), building it once if it is
-    a random-init size."""
+    a random-init size, with a tokenizer trained on ``tokenizer_texts`` (default: the registered corpus)."""
     import torch
     from transformers import LlamaForCausalLM
-
-    from fedpeft.data.stdlib_corpus import corpus_split, load_stdlib_corpus
 
     size_name = name.removeprefix(BUILTIN_PREFIX)
     if size_name not in BUILTIN_SIZES:
@@ -122,7 +133,13 @@ def build_builtin(name: str, seed: int = 0) -> Path:
     out = cache_dir() / "models" / f"{size_name}-v{BUILD_VERSION}-seed{seed}"
     if (out / "fedpeft_builtin.json").exists():
         return out
-    tokenizer = train_tokenizer(size.vocab_size, (r.code for r in load_stdlib_corpus() if corpus_split(r) == "train"))
+    texts = tokenizer_texts or _tokenizer_corpus
+    if texts is None:
+        raise RuntimeError(
+            f"{name} is built on first use and trains its tokenizer on a corpus, but none is registered "
+            "(fedpeft.models.builtin.set_tokenizer_corpus; importing fedpeft registers the stdlib corpus)"
+        )
+    tokenizer = train_tokenizer(size.vocab_size, texts())
     # Init from a private generator state so the global torch RNG is left as the caller had it.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -15,6 +15,7 @@ import torch
 
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, LocalTrainingArgs, count_local_steps, train_client_round
 from fedpeft.fl.lora_ranks import ClientRanks
+from fedpeft.runtime.base import RUNTIMES, Launch, R, RunResult, RuntimeLauncher
 from fedpeft.seeding import numpy_rng, torch_rng_scope
 from fedpeft.tensors import TensorDict, through_transport
 from fedpeft.tensors.batching import TokenizedExample
@@ -122,3 +123,20 @@ class LocalRuntime:
             update = train_client_round(self.model, POOLED, global_state, pooled, args, rng, on_step=on_step)
         release_freed_memory()
         return [update]
+
+    def evaluate_round(self, server_round: int, evaluate: Callable[[], R]) -> R:
+        """The round's evaluation, here: every client's rows are in this process."""
+        return evaluate()
+
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the run."""
+
+
+@RUNTIMES.register("local")
+class LocalLauncher(RuntimeLauncher):
+    """Every client in this process, over one base model (the default; the fastest way to simulate)."""
+
+    in_process = True
+
+    def launch(self, job: Launch) -> RunResult:
+        return job.run_here(None)

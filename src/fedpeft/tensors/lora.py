@@ -2,6 +2,7 @@
 
 Pure tensor arithmetic, shared by the LoRA aggregation modes and by strategies that compare clients'
 updates (trust's cosine similarity is taken on products, which do not depend on how a pair is factored).
+The names that mark LoRA tensors (peft's ``lora_A`` / ``lora_B``, DoRA's magnitude) are defined here, once.
 """
 
 from __future__ import annotations
@@ -10,15 +11,23 @@ import torch
 
 from fedpeft.tensors.aggregate import TensorDict
 
-_A, _B, _PRODUCT = ".lora_A.", ".lora_B.", ".lora_BA."
+LORA_A, LORA_B = "lora_A", "lora_B"
+"""peft's names for a LoRA pair's down (A, r x in) and up (B, out x r) projections: module attributes and
+parts of state keys (``...q_proj.lora_A.default.weight``)."""
+LORA_A_KEY, LORA_B_KEY = f".{LORA_A}.", f".{LORA_B}."
+"""The substrings that mark a state key as one side of a pair; swapping them finds the other side."""
+LORA_PRODUCT_KEY = ".lora_BA."
+"""Marks the key of a pair's product B A in a product-space state."""
+DORA_MAGNITUDE = "lora_magnitude_vector"
+"""peft's name for DoRA's trained magnitude per output (a tensor beside the pair, not part of it)."""
 
 
 def lora_pairs(state: TensorDict) -> dict[str, tuple[str, str]]:
     """product key -> (A key, B key) for every LoRA pair in ``state``."""
     pairs = {}
     for key in state:
-        if _A in key and key.replace(_A, _B) in state:
-            pairs[key.replace(_A, _PRODUCT)] = (key, key.replace(_A, _B))
+        if LORA_A_KEY in key and key.replace(LORA_A_KEY, LORA_B_KEY) in state:
+            pairs[key.replace(LORA_A_KEY, LORA_PRODUCT_KEY)] = (key, key.replace(LORA_A_KEY, LORA_B_KEY))
     return pairs
 
 

@@ -1,20 +1,31 @@
 """The server-side strategy API and its registry.
 
 A strategy turns the global trainable state and this round's client updates into the next global state.
-Everything it needs arrives as arguments; whatever it keeps between rounds (server optimizer moments,
-control variates) is an explicit field returned by ``state_dict`` so that checkpoints hold it. A strategy
-that changes local training (a proximal term, a gradient correction) returns a :class:`ClientHook` from
-``client_hook``; the client round applies it without knowing which strategy asked.
+Everything it needs arrives as arguments and everything it finds comes back as the result: no call order,
+no results left in attributes. Whatever it keeps between rounds (server optimiser moments, control
+variates, a teacher) is an explicit field returned by ``state_dict`` (:mod:`.state` flattens it) so that
+checkpoints hold it. A strategy that changes local training (a proximal term, a gradient correction)
+returns a :class:`ClientHook` from ``client_hook``; the client round applies it without knowing which
+strategy asked. The arithmetic itself lives in :mod:`fedpeft.tensors` as pure functions; a strategy's
+methods are the glue.
 
-Three kinds share the API:
-- global strategies (``aggregate``): one next global state from the updates;
-- personalised strategies (:class:`PersonalisedStrategy`, ``mixing_matrix``): each client keeps its own
-  state and row i of an n x n matrix W mixes the round's updates into client i's next state (FedAvg is W
-  with identical rows; training alone is the identity);
-- ``pools_data`` strategies (the centralised baseline): the run trains one model on the union of the
-  sampled clients' data instead of each client on its own.
-A strategy that needs more than the updates (server data, a model to score states with) gets it once, in
-``bind``, from a :class:`ServerContext`; ``bind`` raises if something it needs is missing, before round 1.
+One ``kind`` says how a strategy's round runs:
+- ``global``: ``aggregate(global_state, updates, server_round, context) -> Aggregate``, one next global
+  state from the updates with the round's figures attached (a strategy implements ``aggregate_updates``);
+- ``personalised`` (:class:`PersonalisedStrategy`): each client keeps its own state and
+  ``mixing_weights(updates, server_round, context) -> Mixing(weights, figures)`` gives an n x n matrix W
+  whose row i mixes the round's updates into client i's next state (FedAvg is W with identical rows;
+  training alone is the identity);
+- ``pooled`` (the centralised baseline): the run trains one model on the union of the sampled clients'
+  data and the strategy receives that one update.
+Three traits a kind cannot express stay class flags: ``stackable``, ``communicates`` and
+``hook_reads_server_state``. What a strategy needs beyond the updates (server data, a model to score states
+with) is the run's :class:`ServerContext`, passed to every call that uses it; ``bind`` checks it once before
+round 1 (``check_context``: a ValueError naming what is missing).
+
+Called without a context (the first API's shape: ``aggregate(global_state, updates, server_round)``,
+``mixing_matrix(updates, server_round)``), a strategy uses the context given to ``bind``;
+``round_figures()`` still returns the figures of the last ``aggregate`` call for callers of that API.
 
 Each strategy has a small frozen ``Settings`` dataclass whose fields carry their help in
 ``metadata["help"]``; ``fl.strategy_args`` in a recipe is checked against it before round 1.
@@ -23,16 +34,33 @@ Each strategy has a small frozen ``Settings`` dataclass whose fields carry their
 from __future__ import annotations
 
 import dataclasses
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, LocalTrainingArgs
+from fedpeft.registry import NoSettings, Registry, parse_settings, setting
 from fedpeft.tensors import TensorDict
 from fedpeft.tensors.batching import TokenizedExample
+
+__all__ = [
+    "STRATEGIES",
+    "Aggregate",
+    "Mixing",
+    "NoSettings",
+    "PersonalisedStrategy",
+    "ServerContext",
+    "Strategy",
+    "StrategyKind",
+    "build_strategy",
+    "describe_strategies",
+    "register_strategy",
+    "setting",
+]
+
+StrategyKind = Literal["global", "personalised", "pooled"]
 
 
 @dataclasses.dataclass
@@ -60,23 +88,48 @@ class ServerContext:
     """Clients sampled per round / clients (privacy accounting)."""
 
 
+class Aggregate(dict[str, torch.Tensor]):
+    """A global strategy's round: the next global state, which is this mapping of tensors (so it goes
+    wherever a state goes), and the round's figures for its log record, ``figures``."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], figures: Mapping[str, float] | None = None):
+        super().__init__(state)
+        self.figures: dict[str, float] = dict(figures or {})
+
+    @property
+    def state(self) -> TensorDict:
+        """The next global state as a plain dict."""
+        return dict(self)
+
+
 @dataclasses.dataclass(frozen=True)
-class NoSettings:
-    pass
+class Mixing:
+    """A personalised strategy's round: the (n x n) non-negative mixing weights for the round's n updates,
+    in their order, and figures for the round's log record."""
+
+    weights: torch.Tensor
+    figures: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def setting(default: Any, help: str) -> Any:
-    """A strategy setting with its help text (shown by ``fedpeft strategies``)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+class _IsKind:
+    """A read-only flag, on the class and its instances, that is true for strategies of one kind (the
+    ``personalised`` and ``pools_data`` flags of the first API)."""
+
+    def __init__(self, kind: StrategyKind):
+        self.kind = kind
+
+    def __get__(self, instance: Any, owner: type) -> bool:
+        return owner.kind == self.kind
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        raise AttributeError(f"set the strategy's kind (kind = {self.kind!r}), not this flag")
 
 
 class Strategy(ABC):
     name: ClassVar[str]
     Settings: ClassVar[type] = NoSettings
-    personalised: ClassVar[bool] = False
-    """Each client keeps its own state (see :class:`PersonalisedStrategy`)."""
-    pools_data: ClassVar[bool] = False
-    """Train one model on the union of the sampled clients' data (the centralised baseline)."""
+    kind: ClassVar[StrategyKind] = "global"
+    """How its round runs: global, personalised or pooled (see the module's docstring)."""
     hook_reads_server_state: ClassVar[bool] = False
     """Its ``client_hook`` needs state only the server holds (SCAFFOLD's control variates), so a client
     that rebuilds the strategy from the configuration (the Flower runtime) cannot apply it."""
@@ -85,21 +138,64 @@ class Strategy(ABC):
     communicates: ClassVar[bool] = True
     """False for baselines that exchange nothing (training alone, pooled data): their rounds count 0 bytes."""
 
+    personalised = _IsKind("personalised")
+    """kind == "personalised" (read-only)."""
+    pools_data = _IsKind("pooled")
+    """kind == "pooled" (read-only)."""
+
     def __init__(self, settings: Any = None):
         self.settings = settings if settings is not None else self.Settings()
+        self._bound_context: ServerContext | None = None
+        self._last_figures: dict[str, float] = {}
+
+    def aggregate(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
+        """The next global state with the round's figures (:meth:`aggregate_updates`); without ``context``,
+        the one given to :meth:`bind`."""
+        result = self.aggregate_updates(global_state, updates, server_round, self.context_for(context))
+        self._last_figures = dict(result.figures)
+        return result
 
     @abstractmethod
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
-        """The next global state."""
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
+        """What a strategy implements: the next global state and the round's figures from everything passed
+        in. ``context`` is the run's (None in tests of strategies that need none)."""
 
     def check_round_size(self, n_clients: int) -> None:
         """Raise ValueError if rounds of ``n_clients`` updates would make this strategy degenerate."""
         return None
 
-    def bind(self, context: ServerContext) -> None:
-        """Take what the strategy needs from the run; raise ValueError naming the missing setting if it
-        cannot work with this run (called after setup has built the model and data, before round 1)."""
+    def check_context(self, context: ServerContext) -> None:
+        """Raise ValueError naming the missing setting if this strategy cannot work with the run."""
         return None
+
+    def bind(self, context: ServerContext) -> None:
+        """The preflight check against a built run (:meth:`check_context`), called after setup has built the
+        model and data, before round 1. The context is remembered for the first API's methods only."""
+        self.check_context(context)
+        self._bound_context = context
+
+    def context_for(self, context: ServerContext | None) -> ServerContext | None:
+        """``context``, or the one given to :meth:`bind` when None (callers of the first API pass none)."""
+        return context if context is not None else self._bound_context
+
+    def require_context(self, context: ServerContext | None) -> ServerContext:
+        """``context`` (or the bound one); a RuntimeError if there is neither."""
+        found = self.context_for(context)
+        if found is None:
+            raise RuntimeError(f"{self.name} must be bound to the run (Strategy.bind) before it aggregates")
+        return found
 
     def client_hook(self, client_id: int, global_state: TensorDict) -> ClientHook | None:
         """What the client round must add to local training for this strategy (None: nothing)."""
@@ -110,95 +206,62 @@ class Strategy(ABC):
         floating-point tensors counted at ``transport`` if given."""
         return 0
 
-    def round_figures(self) -> dict[str, float]:
-        """Figures from the last aggregation for the round's log record (e.g. distillation losses)."""
-        return {}
-
     def state_dict(self) -> dict[str, Any]:
+        """What the strategy keeps between rounds, flat (see :func:`.state.pack_state`)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"strategy {self.name!r} keeps no state but the checkpoint has {sorted(state)}")
 
+    def round_figures(self) -> dict[str, float]:
+        """The figures of the last :meth:`aggregate` call, for callers of the first API (the result carries
+        them as ``figures``)."""
+        return dict(self._last_figures)
+
 
 class PersonalisedStrategy(Strategy):
     """Each client keeps its own state; after a round, client i's state becomes sum_j W[i, j] theta_j over
     the round's updates (rows of W are normalised by :func:`fedpeft.tensors.aggregate.mix_states`)."""
 
-    personalised = True
+    kind: ClassVar[StrategyKind] = "personalised"
 
     @abstractmethod
-    def mixing_matrix(self, updates: Sequence[ClientUpdate], server_round: int) -> torch.Tensor:
-        """(n x n) non-negative weights for the round's n updates, in their order."""
+    def mixing_weights(
+        self, updates: Sequence[ClientUpdate], server_round: int, context: ServerContext | None = None
+    ) -> Mixing:
+        """(n x n) non-negative weights for the round's n updates, in their order, and the round's figures."""
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
         raise TypeError(f"strategy {self.name!r} is personalised: it returns a mixing matrix, not one global state")
 
+    def mixing_matrix(self, updates: Sequence[ClientUpdate], server_round: int) -> torch.Tensor:
+        """The mixing weights with the context given to :meth:`bind` (first API; prefer :meth:`mixing_weights`)."""
+        return self.mixing_weights(updates, server_round, self._bound_context).weights
 
-STRATEGIES: dict[str, type[Strategy]] = {}
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "fl.strategy")
 
 
 def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
-    def register(cls: type[Strategy]) -> type[Strategy]:
-        if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered by {STRATEGIES[name].__qualname__}")
-        cls.name = name
-        STRATEGIES[name] = cls
-        return cls
-
-    return register
-
-
-def parse_settings(name: str, settings_cls: type, args: Mapping[str, Any]) -> Any:
-    """``args`` (from ``fl.strategy_args``) as the strategy's Settings, with errors that name the key."""
-    fields = {f.name: f for f in dataclasses.fields(settings_cls)}
-    unknown = sorted(set(args) - set(fields))
-    if unknown:
-        valid = ", ".join(fields) or "none"
-        raise ValueError(f"fl.strategy_args has {unknown}, which strategy {name!r} does not take; valid: {valid}")
-    hints = typing.get_type_hints(settings_cls)
-    values = {}
-    for key, raw in args.items():
-        kind = hints[key]
-        if kind is float and isinstance(raw, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                raw = float(raw)
-            except ValueError:
-                pass
-        if kind is float and isinstance(raw, int | float) and not isinstance(raw, bool):
-            values[key] = float(raw)
-        elif kind is int and isinstance(raw, int) and not isinstance(raw, bool):
-            values[key] = raw
-        elif kind is bool and isinstance(raw, bool):
-            values[key] = raw
-        elif get_origin(kind) is Literal:
-            if raw not in get_args(kind):
-                choices = ", ".join(map(str, get_args(kind)))
-                raise ValueError(f"fl.strategy_args.{key}={raw!r} is not one of {choices} (strategy {name!r})")
-            values[key] = raw
-        else:
-            kind_name = getattr(kind, "__name__", str(kind))
-            raise ValueError(f"fl.strategy_args.{key}={raw!r} is not a valid {kind_name} (strategy {name!r})")
-    try:
-        return settings_cls(**values)
-    except ValueError as err:
-        raise ValueError(f"fl.strategy_args for {name!r}: {err}") from None
+    """Class decorator: register a strategy under ``name`` (a duplicate name is a ValueError)."""
+    return STRATEGIES.register(name)
 
 
 def build_strategy(name: str, args: Mapping[str, Any] | None = None) -> Strategy:
+    """The strategy ``name`` with its settings from ``args`` (``fl.strategy_args``), checked."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown fl.strategy {name!r}; valid strategies: {', '.join(sorted(STRATEGIES))}")
-    cls = STRATEGIES[name]
-    return cls(parse_settings(name, cls.Settings, args or {}))
+        raise ValueError(f"unknown fl.strategy {name!r}; valid strategies: {', '.join(STRATEGIES)}")
+    cls = STRATEGIES.get(name)
+    return cls(parse_settings("fl.strategy_args", name, "strategy", cls.Settings, args or {}))
 
 
 def describe_strategies() -> list[tuple[str, str, list[tuple[str, Any, str]]]]:
     """(name, one-line summary, [(setting, default, help)]) for every registered strategy."""
-    rows = []
-    for name in sorted(STRATEGIES):
-        cls = STRATEGIES[name]
-        doc = (cls.__doc__ or "").strip().split("\n")[0]
-        settings = [(f.name, f.default, f.metadata.get("help", "")) for f in dataclasses.fields(cls.Settings)]
-        rows.append((name, doc, settings))
-    return rows
+    return STRATEGIES.describe()

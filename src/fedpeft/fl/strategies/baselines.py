@@ -16,7 +16,14 @@ from collections.abc import Sequence
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.strategies.base import PersonalisedStrategy, ServerContext, Strategy, register_strategy
+from fedpeft.fl.strategies.base import (
+    Aggregate,
+    Mixing,
+    PersonalisedStrategy,
+    ServerContext,
+    Strategy,
+    register_strategy,
+)
 from fedpeft.tensors import TensorDict
 
 
@@ -26,27 +33,35 @@ class LocalOnly(PersonalisedStrategy):
 
     communicates = False
 
-    def mixing_matrix(self, updates: Sequence[ClientUpdate], server_round: int) -> torch.Tensor:
-        return torch.eye(len(updates), dtype=torch.float64)
+    def mixing_weights(
+        self, updates: Sequence[ClientUpdate], server_round: int, context: ServerContext | None = None
+    ) -> Mixing:
+        return Mixing(torch.eye(len(updates), dtype=torch.float64))
 
 
 @register_strategy("centralised")
 class Centralised(Strategy):
     """One model trained on the pooled data of the sampled clients with their summed step budget (the ceiling)."""
 
-    pools_data = True
+    kind = "pooled"
     communicates = False
 
-    def bind(self, context: ServerContext) -> None:
+    def check_context(self, context: ServerContext) -> None:
         if context.heterogeneous_ranks:
             raise ValueError(
                 "fl.strategy=centralised trains one model at the global rank peft.r; peft.client_ranks would make "
                 "it a different adapter from the federated clients'. Compare it at one rank"
             )
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
         if len(updates) != 1:
             raise ValueError(
                 f"round {server_round}: centralised training returns one pooled update, got {len(updates)}"
             )
-        return dict(updates[0].state)
+        return Aggregate(dict(updates[0].state))

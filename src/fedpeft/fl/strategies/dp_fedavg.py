@@ -7,6 +7,9 @@ sends (``clipping: client``); the server averages the n clipped updates with equ
 sensitivity argument needs that: an example-weighted mean would let one client move it by more than C/n)
 and adds Gaussian noise of standard deviation z * C / n to the mean, as Flower's ``compute_stdv`` does.
 
+The clipping, the noise (from a generator passed in) and the noised mean are pure functions in
+:mod:`fedpeft.tensors.dp`; ``clip_update`` and ``update_norm`` stay importable from here.
+
 Notable choices:
 - The server clips in both modes: with client clipping that is a no-op for honest clients (the round log
   shows how many updates arrived above C), and it bounds a client that did not clip.
@@ -22,7 +25,6 @@ Notable choices:
 
 from __future__ import annotations
 
-import math
 import secrets
 import warnings
 from collections.abc import Sequence
@@ -32,31 +34,12 @@ from typing import Literal
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.strategies.base import ServerContext, Strategy, register_strategy, setting
+from fedpeft.fl.strategies.base import Aggregate, ServerContext, Strategy, register_strategy, setting
 from fedpeft.seeding import torch_seed
 from fedpeft.tensors import TensorDict
+from fedpeft.tensors.dp import clip_update, gaussian_noise_like, noised_mean, update_norm
 
-
-def update_norm(state: TensorDict, start: TensorDict) -> float:
-    """L2 norm of ``state - start`` over all tensors together (flattened into one vector)."""
-    return math.sqrt(sum(float((state[k].double() - start[k].double()).pow(2).sum()) for k in start))
-
-
-def clip_update(state: TensorDict, start: TensorDict, clipping_norm: float) -> tuple[TensorDict, float]:
-    """(``start`` + the update scaled to L2 norm at most ``clipping_norm``, the update's norm before)."""
-    norm = update_norm(state, start)
-    scale = min(1.0, clipping_norm / norm) if norm > 0 else 1.0
-    if scale == 1.0:
-        return dict(state), norm
-    return {k: (start[k] + (state[k] - start[k]) * scale).to(state[k].dtype) for k in start}, norm
-
-
-def gaussian_noise_like(state: TensorDict, std: float, generator: torch.Generator) -> TensorDict:
-    """Independent N(0, std^2) noise for every element, drawn in float64 on the CPU (then cast)."""
-    return {
-        k: (torch.randn(t.shape, dtype=torch.float64, generator=generator) * std).to(t.dtype)
-        for k, t in sorted(state.items())
-    }
+__all__ = ["ClipUpdate", "DPFedAvg", "DPFedAvgSettings", "clip_update", "dp_epsilon", "update_norm"]
 
 
 def dp_epsilon(rounds: int, sample_rate: float, noise_multiplier: float, delta: float) -> float | None:
@@ -121,12 +104,7 @@ class DPFedAvg(Strategy):
 
     Settings = DPFedAvgSettings
 
-    def __init__(self, settings: DPFedAvgSettings | None = None):
-        super().__init__(settings)
-        self.sample_rate = 1.0
-        self.figures: dict[str, float] = {}
-
-    def bind(self, context: ServerContext) -> None:
+    def check_context(self, context: ServerContext) -> None:
         s = self.settings
         if context.heterogeneous_ranks:
             raise ValueError(
@@ -137,11 +115,10 @@ class DPFedAvg(Strategy):
                 "dp-fedavg with clipping=client bounds each client's A and B update, not its product B A, which "
                 "fl.lora_aggregation=product averages; use clipping=server or lora_aggregation=separate"
             )
-        self.sample_rate = context.sample_rate
-        if s.noise_multiplier > 0 and dp_epsilon(1, self.sample_rate, s.noise_multiplier, s.delta) is None:
+        if s.noise_multiplier > 0 and dp_epsilon(1, context.sample_rate, s.noise_multiplier, s.delta) is None:
             warnings.warn(
                 "dp-fedavg: dp-accounting is not installed, so no epsilon is reported; pip install 'fedpeft[dp]'",
-                stacklevel=2,
+                stacklevel=3,
             )
 
     def client_hook(self, client_id: int, global_state: TensorDict) -> ClipUpdate | None:
@@ -154,26 +131,29 @@ class DPFedAvg(Strategy):
         value = secrets.randbits(63) if seed < 0 else torch_seed(seed, "dp_noise", server_round)
         return torch.Generator().manual_seed(value)
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
+        """Without a context (a test, no run), epsilon is accounted at sample rate 1."""
         if not updates:
             raise ValueError(f"round {server_round}: no client updates to aggregate")
         s, n = self.settings, len(updates)
         clipped, norms = zip(*(clip_update(u.state, global_state, s.clipping_norm) for u in updates), strict=True)
         std = s.noise_multiplier * s.clipping_norm / n
         noise = gaussian_noise_like(global_state, std, self.noise_generator(server_round))
-        new_state = {}
-        for k, start in global_state.items():
-            mean_delta = sum((c[k].double() - start.double()) for c in clipped) / n
-            new_state[k] = (start.double() + mean_delta + noise[k].double()).to(start.dtype)
-        self.figures = {
+        new_state = noised_mean(global_state, clipped, noise)
+        figures = {
             "dp_noise_std": std,
             "dp_clipped_fraction": sum(norm > s.clipping_norm * (1 + 1e-5) for norm in norms) / n,
             "dp_max_update_norm": max(norms),
         }
-        epsilon = dp_epsilon(server_round, self.sample_rate, s.noise_multiplier, s.delta)
+        context = self.context_for(context)
+        sample_rate = context.sample_rate if context is not None else 1.0
+        epsilon = dp_epsilon(server_round, sample_rate, s.noise_multiplier, s.delta)
         if epsilon is not None:
-            self.figures |= {"dp_epsilon": epsilon, "dp_delta": s.delta}
-        return new_state
-
-    def round_figures(self) -> dict[str, float]:
-        return dict(self.figures)
+            figures |= {"dp_epsilon": epsilon, "dp_delta": s.delta}
+        return Aggregate(new_state, figures)

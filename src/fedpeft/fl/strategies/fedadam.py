@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from fedpeft.fl.strategies.base import register_strategy, setting
 from fedpeft.fl.strategies.fedopt import AdaptiveServerOptimizer, DecayingSettings
+from fedpeft.tensors.server_optim import adam_second_moment, adam_step_size
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,11 @@ class FedAdam(AdaptiveServerOptimizer):
     Settings = FedAdamSettings
 
     def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
-        return self.settings.beta_2 * v + (1 - self.settings.beta_2) * delta_sq
+        return adam_second_moment(v, delta_sq, self.settings.beta_2)
 
-    def step_size(self) -> float:
+    def step_size(self, step: int) -> float:
         s = self.settings
         if not s.bias_correction:
             return s.eta
         # Flower's form: the exponent is the server step + 1 (flwr.serverapp.strategy.FedAdam).
-        t = self.steps + 1
-        return s.eta * math.sqrt(1 - s.beta_2**t) / (1 - s.beta_1**t)
+        return adam_step_size(s.eta, s.beta_1, s.beta_2, step + 1)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.strategies.base import Strategy, register_strategy
+from fedpeft.fl.strategies.base import Aggregate, ServerContext, Strategy, register_strategy
 from fedpeft.tensors import TensorDict, weighted_average
 
 
 def example_weighted_mean(updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+    """The clients' states weighted by their example counts; a ValueError naming the round if none."""
     if not updates:
         raise ValueError(f"round {server_round}: no client updates to aggregate")
     return weighted_average([u.state for u in updates], [u.num_examples for u in updates])
@@ -21,5 +22,11 @@ class FedAvg(Strategy):
 
     stackable = True
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
-        return example_weighted_mean(updates, server_round)
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
+        return Aggregate(example_weighted_mean(updates, server_round))

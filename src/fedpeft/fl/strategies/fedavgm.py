@@ -9,9 +9,11 @@ from typing import Any
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.strategies.base import Strategy, register_strategy, setting
+from fedpeft.fl.strategies.base import Aggregate, ServerContext, Strategy, register_strategy, setting
 from fedpeft.fl.strategies.fedavg import example_weighted_mean
+from fedpeft.fl.strategies.state import pack_state, unpack_state
 from fedpeft.tensors import TensorDict
+from fedpeft.tensors.server_optim import momentum_step
 
 
 @dataclass(frozen=True)
@@ -34,22 +36,21 @@ class FedAvgM(Strategy):
         super().__init__(settings)
         self.velocity: TensorDict = {}
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
         mean = example_weighted_mean(updates, server_round)
         s = self.settings
-        out: TensorDict = {}
-        for key, current in global_state.items():
-            x = current.to(torch.float64)
-            pseudo_gradient = x - mean[key].to(torch.float64)
-            previous = self.velocity.get(key)
-            velocity = pseudo_gradient if previous is None else s.momentum * previous + pseudo_gradient
-            if s.momentum > 0:
-                self.velocity[key] = velocity
-            out[key] = (x - s.server_lr * velocity).to(current.dtype)
-        return out
+        step = momentum_step(global_state, mean, self.velocity, server_lr=s.server_lr, momentum=s.momentum)
+        self.velocity |= step.velocity
+        return Aggregate(step.state)
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"velocity/{k}": v for k, v in self.velocity.items()}
+        return pack_state(velocity=self.velocity)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.velocity = {k.removeprefix("velocity/"): v.to(torch.float64) for k, v in state.items()}
+        self.velocity = unpack_state(self.name, state, tensors=("velocity",), dtype=torch.float64)["velocity"]

@@ -21,12 +21,11 @@ from typing import Any
 
 from fedpeft.fl.client_round import ClientUpdate, train_client_round
 from fedpeft.fl.distillation import DistillationArgs, mutual_distillation
-from fedpeft.fl.strategies.base import ServerContext, Strategy, register_strategy, setting
+from fedpeft.fl.strategies.base import Aggregate, ServerContext, Strategy, register_strategy, setting
 from fedpeft.fl.strategies.fedavg import example_weighted_mean
+from fedpeft.fl.strategies.state import pack_state, unpack_state
 from fedpeft.seeding import numpy_rng, torch_rng_scope
 from fedpeft.tensors import TensorDict
-
-_TEACHER = "teacher/"
 
 
 @dataclass(frozen=True)
@@ -56,11 +55,9 @@ class FedKD(Strategy):
 
     def __init__(self, settings: Any = None):
         super().__init__(settings)
-        self.context: ServerContext | None = None
         self.teacher: TensorDict | None = None
-        self.figures: dict[str, float] = {}
 
-    def bind(self, context: ServerContext) -> None:
+    def check_context(self, context: ServerContext) -> None:
         if not context.server_data:
             raise ValueError(
                 "fl.strategy=fedkd needs server data for its teacher and the distillation: set data.server_fraction "
@@ -75,32 +72,25 @@ class FedKD(Strategy):
                 "fl.strategy=fedkd loads the averaged adapter into the model to distil it, so it needs "
                 f"fl.lora_aggregation=separate, not {context.lora_aggregation!r}"
             )
-        self.context = context
 
-    def _steps(self, epochs: float) -> int:
-        ctx = self.context
-        return max(1, math.ceil(epochs * math.ceil(len(ctx.server_data) / ctx.args.micro_batch_size)))
-
-    def _train_teacher(self, start: TensorDict) -> TensorDict:
-        ctx = self.context
-        args = replace(ctx.args, epochs=self.settings.teacher_epochs, max_steps=None)
-        with torch_rng_scope(ctx.seed, "teacher"):
-            update = train_client_round(ctx.model, -1, start, ctx.server_data, args, numpy_rng(ctx.seed, "teacher"))
-        self.figures["kd_teacher_train_loss"] = update.train_loss
-        return update.state
-
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
-        if self.context is None:
-            raise RuntimeError("fedkd must be bound to the run (Strategy.bind) before it aggregates")
-        self.figures = {}
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
+        ctx = self.require_context(context)
+        figures: dict[str, float] = {}
         student = example_weighted_mean(updates, server_round)
         if self.teacher is None:
-            self.teacher = self._train_teacher(global_state)
+            teacher = train_teacher(ctx, global_state, self.settings.teacher_epochs)
+            self.teacher = teacher.state
+            figures["kd_teacher_train_loss"] = teacher.train_loss
         s = self.settings
-        kd = DistillationArgs(s.temperature, s.alpha, s.attention_weight, self._steps(s.distill_epochs))
-        ctx = self.context
+        kd = DistillationArgs(s.temperature, s.alpha, s.attention_weight, distill_steps(ctx, s.distill_epochs))
         with torch_rng_scope(ctx.seed, "distill", server_round):
-            student, self.teacher, figures = mutual_distillation(
+            student, self.teacher, distilled = mutual_distillation(
                 ctx.model,
                 student,
                 self.teacher,
@@ -109,17 +99,24 @@ class FedKD(Strategy):
                 kd,
                 numpy_rng(ctx.seed, "distill", server_round),
             )
-        self.figures |= figures
-        return student
-
-    def round_figures(self) -> dict[str, float]:
-        return dict(self.figures)
+        return Aggregate(student, figures | distilled)
 
     def state_dict(self) -> dict[str, Any]:
-        return {_TEACHER + k: v for k, v in (self.teacher or {}).items()}
+        return pack_state(teacher=self.teacher or {})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        unknown = [k for k in state if not k.startswith(_TEACHER)]
-        if unknown:
-            raise ValueError(f"fedkd checkpoint state has unknown keys {unknown[:5]}")
-        self.teacher = {k.removeprefix(_TEACHER): v for k, v in state.items()} or None
+        self.teacher = unpack_state(self.name, state, tensors=("teacher",))["teacher"] or None
+
+
+def distill_steps(context: ServerContext, epochs: float) -> int:
+    """Optimizer steps of ``epochs`` over the server rows (at least one)."""
+    return max(1, math.ceil(epochs * math.ceil(len(context.server_data) / context.args.micro_batch_size)))
+
+
+def train_teacher(context: ServerContext, start: TensorDict, epochs: float) -> ClientUpdate:
+    """The teacher: ``start`` fine-tuned on the server rows for ``epochs``, with its own generators."""
+    args = replace(context.args, epochs=epochs, max_steps=None)
+    with torch_rng_scope(context.seed, "teacher"):
+        return train_client_round(
+            context.model, -1, start, context.server_data, args, numpy_rng(context.seed, "teacher")
+        )

@@ -1,6 +1,7 @@
 """Server optimizers on the pseudo-gradient (Reddi et al., 2021, "Adaptive Federated Optimization"):
 the server treats delta = mean(client states) - global state as a gradient step and applies its own
 optimizer to it. FedAvgM keeps momentum; FedAdam, FedYogi and FedAdagrad keep first and second moments.
+The steps themselves are pure functions in :mod:`fedpeft.tensors.server_optim`.
 
 Their moments are explicit state (``state_dict``), written into every checkpoint and restored on resume.
 The arithmetic follows Flower's strategies of the same names (flwr.serverapp.strategy) and is tested
@@ -16,9 +17,11 @@ from typing import Any
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.strategies.base import Strategy, setting
+from fedpeft.fl.strategies.base import Aggregate, ServerContext, Strategy, setting
 from fedpeft.fl.strategies.fedavg import example_weighted_mean
+from fedpeft.fl.strategies.state import pack_state, unpack_state
 from fedpeft.tensors import TensorDict
+from fedpeft.tensors.server_optim import adaptive_step
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,6 @@ class DecayingSettings(AdaptiveSettings):
     beta_2: float = setting(0.99, "Decay of the second moment.")
 
 
-def _moments_state(**moments: TensorDict) -> dict[str, Any]:
-    return {f"{which}/{key}": t for which, state in moments.items() for key, t in state.items()}
-
-
-def _moments_from(state: dict[str, Any], which: str) -> TensorDict:
-    prefix = f"{which}/"
-    return {k.removeprefix(prefix): v.to(torch.float64) for k, v in state.items() if k.startswith(prefix)}
-
-
 class AdaptiveServerOptimizer(Strategy):
     """Shared FedAdam / FedYogi / FedAdagrad step; subclasses say how the second moment moves."""
 
@@ -63,27 +57,37 @@ class AdaptiveServerOptimizer(Strategy):
     def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def step_size(self) -> float:
+    def step_size(self, step: int) -> float:
+        """The server learning rate of server step ``step`` (1 in the first round)."""
         return self.settings.eta
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
         mean = example_weighted_mean(updates, server_round)
         s = self.settings
         self.steps += 1
-        out: TensorDict = {}
-        for key, current in global_state.items():
-            x = current.to(torch.float64)
-            delta = mean[key].to(torch.float64) - x
-            m = self.m.get(key, torch.zeros_like(x))
-            v = self.v.get(key, torch.zeros_like(x))
-            self.m[key] = s.beta_1 * m + (1 - s.beta_1) * delta
-            self.v[key] = self.second_moment(v, delta * delta)
-            out[key] = (x + self.step_size() * self.m[key] / (self.v[key].sqrt() + s.tau)).to(current.dtype)
-        return out
+        step = adaptive_step(
+            global_state,
+            mean,
+            self.m,
+            self.v,
+            beta_1=s.beta_1,
+            tau=s.tau,
+            step_size=self.step_size(self.steps),
+            second_moment=self.second_moment,
+        )
+        self.m |= step.m
+        self.v |= step.v
+        return Aggregate(step.state)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, **_moments_state(m=self.m, v=self.v)}
+        return pack_state(steps=self.steps, m=self.m, v=self.v)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = int(state.get("steps", 0))
-        self.m, self.v = _moments_from(state, "m"), _moments_from(state, "v")
+        fields = unpack_state(self.name, state, values={"steps": 0}, tensors=("m", "v"), dtype=torch.float64)
+        self.steps, self.m, self.v = int(fields["steps"]), fields["m"], fields["v"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate, add_to_gradients, on_device_of
-from fedpeft.fl.strategies.base import Strategy, register_strategy, setting
+from fedpeft.fl.strategies.base import Aggregate, ServerContext, Strategy, register_strategy, setting
 from fedpeft.fl.strategies.fedavg import example_weighted_mean
 from fedpeft.tensors import TensorDict
 
@@ -48,5 +48,11 @@ class FedProx(Strategy):
     def client_hook(self, client_id: int, global_state: TensorDict) -> ProximalTerm:
         return ProximalTerm(self.settings.mu, dict(global_state))
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
-        return example_weighted_mean(updates, server_round)
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
+        return Aggregate(example_weighted_mean(updates, server_round))

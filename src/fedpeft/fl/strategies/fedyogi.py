@@ -6,6 +6,7 @@ import torch
 
 from fedpeft.fl.strategies.base import register_strategy
 from fedpeft.fl.strategies.fedopt import AdaptiveServerOptimizer, DecayingSettings
+from fedpeft.tensors.server_optim import yogi_second_moment
 
 
 @register_strategy("fedyogi")
@@ -15,4 +16,4 @@ class FedYogi(AdaptiveServerOptimizer):
     Settings = DecayingSettings
 
     def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
-        return v - (1 - self.settings.beta_2) * delta_sq * torch.sign(v - delta_sq)
+        return yogi_second_moment(v, delta_sq, self.settings.beta_2)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.strategies.base import Strategy, register_strategy, setting
+from fedpeft.fl.strategies.base import Aggregate, ServerContext, Strategy, register_strategy, setting
 from fedpeft.tensors import TensorDict, weighted_average
 from fedpeft.tensors.aggregate import coordinate_median, krum_scores, trimmed_mean
 
@@ -21,8 +21,14 @@ class FedMedian(Strategy):
         if n_clients < 3:
             raise ValueError(f"fedmedian with {n_clients} clients per round is a plain mean; sample at least 3")
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
-        return coordinate_median([u.state for u in updates])
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
+        return Aggregate(coordinate_median([u.state for u in updates]))
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,14 @@ class FedTrimmedAvg(Strategy):
                 f"(int(beta * clients) = 0); raise beta to at least {1 / n_clients:.3g} or sample more clients"
             )
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
-        return trimmed_mean([u.state for u in updates], self.settings.beta)
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
+        return Aggregate(trimmed_mean([u.state for u in updates], self.settings.beta))
 
 
 @dataclass(frozen=True)
@@ -88,9 +100,15 @@ class Krum(Strategy):
     def check_round_size(self, n_clients: int) -> None:
         _check_krum("krum", self.settings.byzantine, n_clients)
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
         scores = krum_scores([u.state for u in updates], self.settings.byzantine)
-        return dict(updates[int(scores.argmin())].state)
+        return Aggregate(dict(updates[int(scores.argmin())].state))
 
 
 @register_strategy("multikrum")
@@ -107,7 +125,13 @@ class MultiKrum(Strategy):
                 f"set fl.strategy_args.keep below {n_clients}"
             )
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
         scores = krum_scores([u.state for u in updates], self.settings.byzantine)
         chosen = [updates[int(i)] for i in scores.argsort()[: self.settings.keep]]
-        return weighted_average([u.state for u in chosen], [u.num_examples for u in chosen])
+        return Aggregate(weighted_average([u.state for u in chosen], [u.num_examples for u in chosen]))

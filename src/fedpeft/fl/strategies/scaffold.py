@@ -10,6 +10,8 @@ server-side state, checkpointed as ``c/<tensor>`` and ``ci/<client>/<tensor>``).
   mean gradient, and the correction enters before Adam's normalisation.
 - Server: x+ = x + server_lr * (example-weighted mean of y_i - x) (server_lr 1 with zero variates is
   FedAvg) and c+ = c + (|S| / N) * mean over the round of (c_i+ - c_i).
+- The variates' arithmetic is in :mod:`fedpeft.tensors.scaffold`; N is the run's number of clients, from
+  the :class:`ServerContext` passed to ``aggregate_updates``.
 - The control variates double the traffic: c travels down and c_i+ - c_i up with the adapters, counted
   in the round's bytes.
 """
@@ -22,10 +24,20 @@ from typing import Any
 
 import torch
 
-from fedpeft.fl.client_round import ClientUpdate, add_to_gradients, lr_factor, on_device_of, warmup_steps
-from fedpeft.fl.strategies.base import ServerContext, Strategy, register_strategy, setting
+from fedpeft.fl.client_round import (
+    ClientUpdate,
+    LocalTrainingArgs,
+    add_to_gradients,
+    lr_factor,
+    on_device_of,
+    warmup_steps,
+)
+from fedpeft.fl.strategies.base import Aggregate, ServerContext, Strategy, register_strategy, setting
 from fedpeft.fl.strategies.fedavg import example_weighted_mean
+from fedpeft.fl.strategies.state import pack_state, unpack_state
 from fedpeft.tensors import TensorDict, payload_bytes
+from fedpeft.tensors.scaffold import drift_correction, update_control_variates
+from fedpeft.tensors.server_optim import step_toward
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,12 @@ class DriftCorrection:
         add_to_gradients(params, lambda name, p: on_device_of(self.correction, name, p))
 
 
+def summed_learning_rate(args: LocalTrainingArgs, steps: int) -> float:
+    """The sum of the learning rates of a client's ``steps`` local steps under its schedule."""
+    n_warmup = warmup_steps(steps, args.warmup_ratio)
+    return sum(args.lr * lr_factor(t, steps, n_warmup, args.schedule) for t in range(steps))
+
+
 @register_strategy("scaffold")
 class Scaffold(Strategy):
     """FedAvg with control variates correcting client drift (SCAFFOLD, Karimireddy et al., 2020)."""
@@ -56,12 +74,10 @@ class Scaffold(Strategy):
 
     def __init__(self, settings: Any = None):
         super().__init__(settings)
-        self.context: ServerContext | None = None
         self.c: TensorDict = {}
         self.c_clients: dict[int, TensorDict] = {}
-        self.n_clients = 0
 
-    def bind(self, context: ServerContext) -> None:
+    def check_context(self, context: ServerContext) -> None:
         if context.lora_aggregation != "separate":
             raise ValueError(
                 "fl.strategy=scaffold corrects the gradients of the trained tensors themselves, so it needs "
@@ -72,63 +88,35 @@ class Scaffold(Strategy):
                 "fl.strategy=scaffold keeps its control variates at the global rank; it does not take "
                 "peft.client_ranks (clients of different ranks)"
             )
-        self.context = context
-        self.n_clients = len(context.client_val)
-
-    def _zeros(self, like: TensorDict) -> TensorDict:
-        return {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in like.items()}
 
     def client_hook(self, client_id: int, global_state: TensorDict) -> DriftCorrection:
-        c = self.c or self._zeros(global_state)
-        c_i = self.c_clients.get(client_id) or self._zeros(global_state)
-        return DriftCorrection({k: (c[k] - c_i[k]).to(torch.float32) for k in global_state})
+        return DriftCorrection(drift_correction(global_state, self.c, self.c_clients.get(client_id, {})))
 
     def extra_payload_bytes(self, global_state: TensorDict, transport: torch.dtype | None = None) -> int:
         return payload_bytes(global_state, transport)
 
     def _summed_lr(self, steps: int) -> float:
-        args = self.context.args
-        n_warmup = warmup_steps(steps, args.warmup_ratio)
-        return sum(args.lr * lr_factor(t, steps, n_warmup, args.schedule) for t in range(steps))
+        """:func:`summed_learning_rate` under the bound run's training arguments."""
+        return summed_learning_rate(self.require_context(None).args, steps)
 
-    def aggregate(self, global_state: TensorDict, updates: Sequence[ClientUpdate], server_round: int) -> TensorDict:
-        if self.context is None:
-            raise RuntimeError("scaffold must be bound to the run (Strategy.bind) before it aggregates")
+    def aggregate_updates(
+        self,
+        global_state: TensorDict,
+        updates: Sequence[ClientUpdate],
+        server_round: int,
+        context: ServerContext | None = None,
+    ) -> Aggregate:
+        context = self.require_context(context)
         mean = example_weighted_mean(updates, server_round)
-        c = self.c or self._zeros(global_state)
-        delta_c = self._zeros(global_state)
-        for u in updates:
-            c_i = self.c_clients.get(u.client_id) or self._zeros(global_state)
-            scale = 1.0 / self._summed_lr(u.num_steps)
-            new_c_i = {
-                k: c_i[k] - c[k] + (global_state[k].to(torch.float64) - u.state[k].to(torch.float64)) * scale
-                for k in global_state
-            }
-            for k in delta_c:
-                delta_c[k] += (new_c_i[k] - c_i[k]) / len(updates)
-            self.c_clients[u.client_id] = new_c_i
-        share = len(updates) / max(self.n_clients, len(updates))
-        self.c = {k: c[k] + share * delta_c[k] for k in c}
-        lr = self.settings.server_lr
-        return {
-            k: (x.to(torch.float64) + lr * (mean[k].to(torch.float64) - x.to(torch.float64))).to(x.dtype)
-            for k, x in global_state.items()
-        }
+        steps = [(u.client_id, u.state, 1.0 / summed_learning_rate(context.args, u.num_steps)) for u in updates]
+        variates = update_control_variates(global_state, self.c, self.c_clients, steps, len(context.client_val))
+        self.c = variates.c
+        self.c_clients |= variates.clients
+        return Aggregate(step_toward(global_state, mean, self.settings.server_lr))
 
     def state_dict(self) -> dict[str, Any]:
-        state = {f"c/{k}": v for k, v in self.c.items()}
-        for cid, c_i in self.c_clients.items():
-            state |= {f"ci/{cid}/{k}": v for k, v in c_i.items()}
-        return state
+        return pack_state(c=self.c, ci=self.c_clients)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.c, self.c_clients = {}, {}
-        for key, value in state.items():
-            kind, _, rest = key.partition("/")
-            if kind == "c":
-                self.c[rest] = value.to(torch.float64)
-            elif kind == "ci":
-                cid, _, name = rest.partition("/")
-                self.c_clients.setdefault(int(cid), {})[name] = value.to(torch.float64)
-            else:
-                raise ValueError(f"scaffold checkpoint state has an unknown key {key!r}")
+        fields = unpack_state(self.name, state, tensors=("c",), per_client=("ci",), dtype=torch.float64)
+        self.c, self.c_clients = fields["c"], fields["ci"]

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from fedpeft.fl.client_round import ClientUpdate
-from fedpeft.fl.strategies.base import PersonalisedStrategy, ServerContext, register_strategy, setting
+from fedpeft.fl.strategies.base import Mixing, PersonalisedStrategy, ServerContext, register_strategy, setting
 from fedpeft.tensors.aggregate import drop_below, keep_largest, mean_cosine_similarity, normalise_rows
 from fedpeft.tensors.lora import to_product_space
 
@@ -64,11 +64,7 @@ class Trust(PersonalisedStrategy):
 
     Settings = TrustSettings
 
-    def __init__(self, settings: Any = None):
-        super().__init__(settings)
-        self.context: ServerContext | None = None
-
-    def bind(self, context: ServerContext) -> None:
+    def check_context(self, context: ServerContext) -> None:
         weights = self.settings.weights
         if context.heterogeneous_ranks:
             raise ValueError(
@@ -99,60 +95,61 @@ class Trust(PersonalisedStrategy):
                 raise ValueError(
                     "trust weights=dynamic-token compares output distributions; an embedding model has none"
                 )
-        self.context = context
 
-    def mixing_matrix(self, updates: Sequence[ClientUpdate], server_round: int) -> torch.Tensor:
+    def mixing_weights(
+        self, updates: Sequence[ClientUpdate], server_round: int, context: ServerContext | None = None
+    ) -> Mixing:
         n = len(updates)
         s = self.settings
         if server_round <= s.warmup_rounds or n == 1:
-            return torch.eye(n, dtype=torch.float64)
-        if s.weights != "naive" and self.context is None:
-            raise RuntimeError("trust must be bound to the run (Strategy.bind) before it aggregates")
+            return Mixing(torch.eye(n, dtype=torch.float64))
+        if s.weights != "naive":
+            context = self.require_context(context)
         states = [u.state for u in updates]
         if s.weights == "naive":
             w = torch.ones(n, n, dtype=torch.float64)
         elif s.weights == "static":
-            w = self._static(updates)
+            w = self._static(updates, context)
         elif s.weights == "dynamic":
             # On the products B A: a pair's factors depend on how it was factored (SVD in product mode).
             w = torch.softmax(s.scale * mean_cosine_similarity([to_product_space(x) for x in states]), dim=1)
         elif s.weights == "dynamic-ref":
-            w = torch.softmax(-s.scale * self._perplexities(updates), dim=1)
+            w = torch.softmax(-s.scale * self._perplexities(updates, context), dim=1)
         else:
-            w = torch.softmax(-s.token_scale * self._token_distances(states), dim=1)
+            w = torch.softmax(-s.token_scale * self._token_distances(states, context), dim=1)
         if s.select == "thresh":
             w = drop_below(normalise_rows(w), s.tau, keep_at_least=2)
         elif s.select == "top-k":
             w = keep_largest(w, s.top_k)
-        return normalise_rows(w)
+        return Mixing(normalise_rows(w))
 
-    def _static(self, updates: Sequence[ClientUpdate]) -> torch.Tensor:
-        counts = [self.context.client_categories[u.client_id] for u in updates]
+    def _static(self, updates: Sequence[ClientUpdate], context: ServerContext) -> torch.Tensor:
+        counts = [context.client_categories[u.client_id] for u in updates]
         names = sorted({c for row in counts for c in row})
         d = torch.tensor([[row.get(c, 0) for c in names] for row in counts], dtype=torch.float64)
         d = d / d.sum(1, keepdim=True)
         return d @ d.T
 
-    def _perplexities(self, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+    def _perplexities(self, updates: Sequence[ClientUpdate], context: ServerContext) -> torch.Tensor:
         """[i, j]: perplexity of client j's model on client i's validation rows."""
         n = len(updates)
         ppl = torch.empty(n, n, dtype=torch.float64)
         for j, model_j in enumerate(updates):
             for i, client_i in enumerate(updates):
-                loss = self.context.loss(model_j.state, self.context.client_val[client_i.client_id])
+                loss = context.loss(model_j.state, context.client_val[client_i.client_id])
                 ppl[i, j] = torch.tensor(min(loss, 50.0), dtype=torch.float64).exp()
         return ppl
 
-    def _token_distances(self, states: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def _token_distances(self, states: Sequence[dict[str, torch.Tensor]], context: ServerContext) -> torch.Tensor:
         """[i, j]: mean over reference positions of the L1 distance between the two models' probabilities on
         the positions' jointly top-rated outputs. Two passes keep one full distribution in memory at a time."""
-        reference = list(self.context.server_data[: self.settings.reference_rows])
+        reference = list(context.server_data[: self.settings.reference_rows])
         mean = None
         for state in states:
-            p = self.context.probabilities(state, reference).to(torch.float64)
+            p = context.probabilities(state, reference).to(torch.float64)
             mean = p if mean is None else mean + p
         top = mean.topk(min(self.settings.top_tokens, mean.shape[1]), dim=1).indices
         picked = torch.stack(
-            [self.context.probabilities(state, reference).to(torch.float64).gather(1, top) for state in states]
+            [context.probabilities(state, reference).to(torch.float64).gather(1, top) for state in states]
         )
         return torch.cdist(picked.flatten(1), picked.flatten(1), p=1) / picked.shape[1]
