@@ -108,7 +108,10 @@ def test_an_unknown_method_args_key_names_the_key_and_the_valid_ones(name):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["peft.method=nope"], "peft.method: must be 'adapter_h', 'adapter_p', 'full', 'ia3', 'lora', 'parallel', 'prefix', "),
+        (
+            ["peft.method=nope"],
+            "peft.method: must be 'adapter_h', 'adapter_p', 'full', 'ia3', 'lora', 'parallel', 'prefix', ",
+        ),
         (["peft.method=lora", "peft.method_args.use_dora=3"], "peft.method_args.use_dora=3 is not a valid bool"),
         (
             ["peft.method=prompt", "peft.method_args.num_virtual_tokens=0"],
