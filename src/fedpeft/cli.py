@@ -306,25 +306,71 @@ def supernode(
     max_wait_time: Annotated[
         float | None, typer.Option(help="Give up after this many seconds without a SuperLink (default: never).")
     ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="This node's own training data (node config data-file); never leaves it.")
+    ] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option(help="This node's own validation data (node config eval-file).")
+    ] = None,
+    schema: Annotated[str | None, typer.Option(help="The schema of --data / --eval-data (node config schema).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Where this node trains, e.g. cpu, cuda, cuda:1 (node config device).")
+    ] = None,
+    micro_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Examples per forward pass on this node; the batch stays (node config micro-batch-size)."
+        ),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Trade compute for memory on this node (node config gradient-checkpointing).",
+        ),
+    ] = None,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Keep a long-lived node worker that loads the run's model once; --no-worker: Flower's "
+            "ClientApp process per message does everything.",
+        ),
+    ] = True,
     dry_run: Annotated[bool, typer.Option(help="Print the command and exit.")] = False,
 ) -> None:
-    """Start a Flower SuperNode holding one client's partition (flower-supernode with its node config)."""
-    from fedpeft.deploy import supernode_command
+    """Start a Flower SuperNode holding one client (flower-supernode with its node config), with a node worker
+    that keeps the run's model between rounds."""
+    import shlex
+
+    from fedpeft.deploy import WORKER_KEY, run_node, supernode_command, worker_command
 
     for path in (root_certificates, auth_key):
         if path is not None and not path.is_file():
             _fail(f"{path}: no such file")
-    with _reported():
-        command = supernode_command(
-            superlink_address,
-            partition_id,
-            num_partitions,
-            port,
-            str(root_certificates) if root_certificates else None,
-            str(auth_key) if auth_key else None,
-            max_wait_time,
+    node_config = {k: str(v.expanduser().resolve()) for k, v in [("data-file", data), ("eval-file", eval_data)] if v}
+    settings = [("schema", schema), ("device", device), ("micro-batch-size", micro_batch_size)]
+    node_config |= {k: v for k, v in [*settings, ("gradient-checkpointing", gradient_checkpointing)] if v is not None}
+
+    def flower_command(socket: str | None) -> list[str]:
+        extra = node_config if socket is None else {**node_config, WORKER_KEY: socket}
+        certificate, key = (str(p) if p else None for p in (root_certificates, auth_key))
+        return supernode_command(
+            superlink_address, partition_id, num_partitions, port, certificate, key, max_wait_time, extra
         )
-    _exec_flower(command, dry_run)
+
+    with _reported():
+        command = flower_command(None)
+    if not worker:
+        _exec_flower(command, dry_run)
+    elif dry_run:
+        socket = "<private directory>/worker.sock"
+        for line in (worker_command(socket), flower_command(socket)):
+            typer.echo(shlex.join(line), err=True)
+    else:
+        with _reported():
+            code = run_node(flower_command)
+        raise typer.Exit(code)
 
 
 @app.command()

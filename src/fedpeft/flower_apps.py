@@ -1,7 +1,8 @@
-"""fedpeft as a Flower app: the ``ServerApp`` and ``ClientApp`` objects a deployment names
-(``fedpeft.flower_apps:server_app`` / ``client_app``). Entry points, like the CLI: the ServerApp's body runs
-the experiment with the Flower runtime in place of the local one, and the ClientApp builds a client's side
-of the run with the experiment's own setup. The ClientApp carries the fault drills (``FEDPEFT_INJECT_FAULT``,
+"""fedpeft as a Flower app: the ``ServerApp`` a deployment names (``fedpeft.flower_apps:server_app``) and the
+client handlers bound to the experiment's node setup. Entry points, like the CLI: the ServerApp's body runs
+the experiment with the Flower runtime in place of the local one; the ClientApp a deployment names is the
+thin ``fedpeft.flower_client:client_app``, which hands each message to these handlers (in a node's
+long-lived worker, or in its own process); ``client_app`` here is the same app for projects that name it. The ClientApp carries the fault drills (``FEDPEFT_INJECT_FAULT``,
 :mod:`fedpeft.testing.faults`), inert unless that variable is set on the SuperNode.
 """
 
@@ -17,11 +18,14 @@ from flwr.serverapp import ServerApp
 
 from fedpeft.config.recipes import load_config, validate_config
 from fedpeft.config.schema import RunConfig
+from fedpeft.experiment.node import client_side
 from fedpeft.experiment.resume import resume_config
-from fedpeft.experiment.run import client_side, launch_job, run_here
+from fedpeft.experiment.run import launch_job, run_here
+from fedpeft.runtime.flower.handlers import ClientHandlers
 from fedpeft.runtime.flower.launch import connector, make_client_app
 from fedpeft.testing import fault_drill
 
+client_handlers = ClientHandlers(client_side, fault=fault_drill)
 client_app = make_client_app(client_side, fault=fault_drill)
 
 

@@ -179,3 +179,19 @@ def test_a_simulated_node_that_answers_with_an_error_ends_discovery(monkeypatch)
     runtime = slow_runtime(SlowGrid(2, polls=3, broken=frozenset({101})), monkeypatch)
     with pytest.raises(FlowerRoundError, match=r"none holds client\(s\) \[1\]"):
         runtime.discover(2, wait_seconds=None)
+
+
+class TwinGrid(SlowGrid):
+    """Two nodes started with the same partition id."""
+
+    def pull_messages(self, ids):
+        replies = super().pull_messages(ids)
+        for reply in replies:
+            reply.content = {"config": {"partition-id": 0}}
+        return replies
+
+
+def test_two_nodes_claiming_the_same_client_are_refused_by_name(monkeypatch):
+    runtime = slow_runtime(TwinGrid(2, polls=1), monkeypatch)
+    with pytest.raises(FlowerRoundError, match=r"SuperNodes 100 and 101 both hold client 0 .*own --partition-id"):
+        runtime.discover(2, wait_seconds=60)

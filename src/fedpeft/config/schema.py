@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core.core_schema import ValidationInfo
@@ -148,6 +148,7 @@ class PeftConfig(Section):
         return self
 
 
+FileName = Annotated[str, Field(max_length=PATH_MAX)]
 TaskName = Literal[TASKS.names()]  # every registered task (fedpeft.data.tasks): a new task file needs no edit here
 PartitionName = Literal[PARTITIONS.names()]  # every registered partition scheme (fedpeft.data.partition)
 
@@ -202,10 +203,83 @@ class DataConfig(Section):
         "so no strategy sees more data than FedAvg does (the fair setting).",
     )
 
-    @field_validator("source")
+    client_files: list[FileName] | None = Field(
+        None,
+        description="One local file per client, in data.schema (client i trains on the i-th), instead of a seeded "
+        "partition of data.source: rehearses on one machine (runtime local or flower-sim) what a deployment with "
+        "data.node_data runs, client i computing what a SuperNode given that file computes. One per fl.clients.",
+    )
+    client_eval_files: list[FileName] | None = Field(
+        None,
+        description="With data.client_files: each client's validation file, in the same order; null: each client "
+        "carves data.val_fraction of its rows, seeded.",
+    )
+    node_data: bool = Field(
+        False,
+        description="Each client's rows are on its own SuperNode (`fedpeft supernode --data FILE`) and the server "
+        "holds none; runtime=flower-deployment only (rehearse it on one machine with data.client_files).",
+    )
+    server_source: str | None = Field(
+        None,
+        max_length=PATH_MAX,
+        description="With data.client_files or data.node_data: the server's own test rows, a local file or hub id "
+        "in data.server_schema (every row is a test row, up to data.test_size); null: no server test split.",
+    )
+    server_schema: str | None = Field(None, description="Published schema of data.server_source (as data.schema).")
+
+    @field_validator("source", "server_source")
     @classmethod
-    def _source(cls, v: str) -> str:
-        return known_home(v)
+    def _source(cls, v: str | None) -> str | None:
+        return v if v is None else known_home(v)
+
+    @field_validator("client_files", "client_eval_files")
+    @classmethod
+    def _files(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("names no file; list one per client or leave it null")
+        for path in v or []:
+            if "\x00" in path:
+                raise ValueError("contains a NUL character (\\x00), which no name, path or setting may")
+            known_home(path)
+        return v
+
+    @model_validator(mode="after")
+    def _client_files(self) -> DataConfig:
+        """Rows from each client's own file (data.client_files, data.node_data) replace the split of
+        data.source, and the server's test rows come from data.server_source."""
+        own = "data.client_files" if self.client_files else "data.node_data=true" if self.node_data else None
+        if self.client_files and self.node_data:
+            raise ValueError(
+                "data.client_files and data.node_data=true exclude each other: the files are on this machine "
+                "(a rehearsal) or on each SuperNode (a deployment)"
+            )
+        if self.client_eval_files is not None and not self.client_files:
+            raise ValueError("data.client_eval_files are validation files for data.client_files, which is not set")
+        if self.client_eval_files is not None and len(self.client_eval_files) != len(self.client_files):
+            raise ValueError(
+                f"data.client_eval_files has {len(self.client_eval_files)} file(s) for {len(self.client_files)} "
+                "data.client_files; give one per client, in the same order"
+            )
+        if self.server_schema is not None and self.server_source is None:
+            raise ValueError("data.server_schema names the schema of data.server_source, which is not set")
+        if own is None:
+            if self.server_source is not None:
+                raise ValueError(
+                    "data.server_source is the server's test rows when the clients bring their own "
+                    "(data.client_files or data.node_data=true); a split of data.source takes its test rows from it"
+                )
+            return self
+        if self.source != "stdlib":
+            raise ValueError(
+                f"{own}: each client's rows come from its own file, so data.source={self.source!r} would not be "
+                "read; leave data.source unset (the server's test rows go in data.server_source)"
+            )
+        if self.server_fraction > 0:
+            raise ValueError(
+                f"{own}: the server holds no client rows, so data.server_fraction={self.server_fraction} has none to "
+                "take; set it to 0 (the server's own test rows go in data.server_source)"
+            )
+        return self
 
 
 class RunConfig(Section):
@@ -246,6 +320,7 @@ class RunConfig(Section):
             )
         if self.flower.secure_aggregation:
             self._check_secure_aggregation()
+        self._check_client_data()
         if self.train.packing and not TASKS.get(self.data.task).supports_packing:
             packable = ", ".join(name for name in TASKS.names() if TASKS.get(name).supports_packing)
             raise ValueError(
@@ -253,6 +328,26 @@ class RunConfig(Section):
                 f"data.task={self.data.task} scores whole examples"
             )
         return self
+
+    def _check_client_data(self) -> None:
+        """Clients' own files: one per client, on this machine for a rehearsal, on each node for a deployment."""
+        files, deployed = self.data.client_files, self.runtime == "flower-deployment"
+        if files and len(files) != self.fl.clients:
+            raise ValueError(
+                f"data.client_files has {len(files)} file(s) but fl.clients={self.fl.clients}; give one file per "
+                "client (or set fl.clients to the number of files)"
+            )
+        if files and deployed:
+            raise ValueError(
+                "data.client_files rehearses a federation on one machine (runtime=local or flower-sim); on a "
+                "deployment each node brings its file: set data.node_data=true and start each SuperNode with "
+                "`fedpeft supernode --data FILE`"
+            )
+        if self.data.node_data and not deployed:
+            raise ValueError(
+                f"data.node_data=true reads each client's rows on its own SuperNode (runtime=flower-deployment), "
+                f"not with runtime={self.runtime}; to rehearse on one machine, list the files in data.client_files"
+            )
 
     def _check_secure_aggregation(self) -> None:
         """SecAgg+ reveals only the example-weighted mean of the clients' states: it needs Flower's processes,

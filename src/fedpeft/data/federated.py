@@ -52,15 +52,41 @@ def load_rows(
     """Task rows from the stdlib corpus or a named dataset; labels are checked against the task."""
     if source != "stdlib":
         rows = load_source_rows(source, schema, task, template)
-        n_labels = get_task(task).num_labels if task in TASKS else None
-        bad = [r.label for r in rows if isinstance(r, LabelledText) and not 0 <= r.label < (n_labels or 0)]
+        bad = out_of_range_label(rows, task)
         if bad:
-            raise DataSourceError(f"data.source {source!r}: label {bad[0]} is outside 0..{n_labels - 1} for {task}")
+            raise DataSourceError(f"data.source {source!r}: label {bad[1]} is outside 0..{bad[2] - 1} for {task}")
         return rows
     records = load_stdlib_corpus(modules)
     if not records:
         raise PartitionError(f"data.modules={modules} matched no stdlib functions; check the module names")
     return rows_for_task(task, records, template)
+
+
+def out_of_range_label(rows: list, task: str) -> tuple[int, int, int | None] | None:
+    """(row index, label, the task's number of labels) of the first labelled row whose label the task has no
+    class for; None when every label fits (or no row is labelled)."""
+    n_labels = get_task(task).num_labels if task in TASKS else None
+    for index, row in enumerate(rows):
+        if isinstance(row, LabelledText) and not 0 <= row.label < (n_labels or 0):
+            return index, row.label, n_labels
+    return None
+
+
+def validation_count(n_rows: int, val_fraction: float) -> int:
+    """How many of a client's ``n_rows`` rows are its validation rows: ``val_fraction`` of them, rounded, at
+    least one when the fraction is positive, and never all of them."""
+    n_val = int(round(val_fraction * n_rows)) if val_fraction > 0 else 0
+    return min(max(n_val, 1 if val_fraction > 0 else 0), n_rows - 1)
+
+
+def split_client(
+    client_id: int, pool: list[TokenizedExample], idx: np.ndarray, val_fraction: float, rng: np.random.Generator
+) -> ClientData:
+    """A client's rows ``pool[idx]`` in an order drawn from ``rng``; the first :func:`validation_count` of
+    them are its validation rows, the rest its training rows. The one rule for every way clients get rows."""
+    local = [pool[i] for i in rng.permutation(idx)]
+    n_val = validation_count(len(local), val_fraction)
+    return ClientData(client_id=client_id, train=local[n_val:], val=local[:n_val])
 
 
 def check_row_counts(rows: list, source: str, test_size: int, max_rows: int | None, n_clients: int) -> None:
@@ -173,12 +199,7 @@ def build_federated_data(
         quantity_range=quantity_range,
         min_size=min_client_size,
     )
-    clients = []
-    for cid, idx in enumerate(parts):
-        local = [pool[i] for i in rng.permutation(idx)]
-        n_val = int(round(val_fraction * len(local))) if val_fraction > 0 else 0
-        n_val = min(max(n_val, 1 if val_fraction > 0 else 0), len(local) - 1)
-        clients.append(ClientData(client_id=cid, train=local[n_val:], val=local[:n_val]))
+    clients = [split_client(cid, pool, idx, val_fraction, rng) for cid, idx in enumerate(parts)]
     if server_split == "shared" and n_server:
         union = [e for c in clients for e in c.train]
         server = [union[i] for i in rng.choice(len(union), size=min(n_server, len(union)), replace=False)]

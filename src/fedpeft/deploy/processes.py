@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from fedpeft.errors import FedpeftError
@@ -18,6 +19,21 @@ from fedpeft.errors import FedpeftError
 PARTITION_KEY = "partition-id"
 """The node-config key naming the client a SuperNode holds (the Simulation Engine numbers its virtual nodes
 so; a deployed SuperNode is started with ``--node-config partition-id=N``)."""
+
+WORKER_KEY = "worker"
+"""The node-config key naming the Unix socket of the SuperNode's node worker (set by ``fedpeft supernode``;
+without it the ClientApp handles each message in Flower's own ClientApp process)."""
+
+NODE_OPTIONS = {
+    "data-file": "--data",
+    "eval-file": "--eval-data",
+    "schema": "--schema",
+    "device": "--device",
+    "micro-batch-size": "--micro-batch-size",
+    "gradient-checkpointing": "--gradient-checkpointing",
+}
+"""The node-config keys ``fedpeft supernode`` sets, and the option that sets each (a bool's is a
+``--X/--no-X`` pair)."""
 
 
 class FlowerConnectionError(FedpeftError, RuntimeError):
@@ -35,12 +51,18 @@ def flower_executable(name: str) -> str:
     return found
 
 
+SUPEREXEC_POLL = ("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
+"""How often Flower's flower-superexec looks for a task to start (its default, 1 s, is up to a second more
+per message on every node); a value already in the environment wins."""
+
+
 def flower_env() -> dict[str, str]:
     """The environment for Flower's processes: this environment's bin first (the SuperLink and SuperNodes
-    start flower-superexec, flwr-serverapp and flwr-clientapp by name)."""
+    start flower-superexec, flwr-serverapp and flwr-clientapp by name), and :data:`SUPEREXEC_POLL`."""
 
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault(*SUPEREXEC_POLL)
     return env
 
 
@@ -97,20 +119,45 @@ def supernode_command(
     root_certificates: str | None = None,
     auth_private_key: str | None = None,
     max_wait_time: float | None = None,
+    node_config: Mapping[str, str | int | bool] | None = None,
 ) -> list[str]:
     """flower-supernode holding client ``partition_id`` of ``num_partitions``; ``port`` is its local
-    ClientApp API (one per SuperNode on a machine)."""
+    ClientApp API (one per SuperNode on a machine); ``node_config`` adds keys to its node config (the
+    node's own data and settings, :data:`NODE_OPTIONS`; its worker's socket, :data:`WORKER_KEY`)."""
     split_address(superlink)
     if not 0 <= partition_id < num_partitions:
         raise FlowerConnectionError(f"partition id {partition_id} is not in 0..{num_partitions - 1}")
     cmd = [flower_executable("flower-supernode"), "--superlink", superlink, "--port", str(port)]
-    cmd += ["--node-config", f"{PARTITION_KEY}={partition_id} num-partitions={num_partitions}"]
+    config = {PARTITION_KEY: partition_id, "num-partitions": num_partitions, **(node_config or {})}
+    cmd += ["--node-config", node_config_arg(config)]
     cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", root_certificates]
     if auth_private_key is not None:
         cmd += ["--auth-supernode-private-key", auth_private_key]
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
     return cmd
+
+
+def node_config_arg(config: Mapping[str, str | int | float | bool]) -> str:
+    """``config`` as flower-supernode's ``--node-config`` value: space-separated ``key=value`` that Flower
+    parses as TOML (strings quoted: a literal ``'...'`` string, or an escaped ``"..."`` one when the value
+    holds a single quote; a value with both quotes cannot be expressed)."""
+    return " ".join(f"{key}={_node_config_value(key, value)}" for key, value in config.items())
+
+
+def _node_config_value(key: str, value: str | int | float | bool) -> str:
+    if not key or not all(c.isalnum() or c in "-_" for c in key):
+        raise FedpeftError(f"node config key {key!r}: use letters, digits, '-' and '_'")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value)
+    if "'" not in text and not any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return f"'{text}'"
+    if '"' not in text:
+        return json_string(text)
+    raise FedpeftError(f"node config {key}={text!r}: a value cannot hold both ' and \" (Flower's --node-config)")
 
 
 def connection_toml(name: str, address: str, root_certificates: str | None) -> str:

@@ -16,6 +16,7 @@ import torch
 
 from fedpeft.config.recipes import ConfigError
 from fedpeft.config.schema import RunConfig
+from fedpeft.data.client_files import FileFederationRows, load_file_federation_rows
 from fedpeft.data.federated import FederatedData, check_row_counts, load_rows
 from fedpeft.data.partition import PartitionError
 from fedpeft.data.sources import DataSourceError
@@ -50,10 +51,34 @@ def setup_checks(config: RunConfig) -> Strategy:
     return strategy
 
 
-def load_checked_rows(config: RunConfig) -> list:
-    """The task rows of ``data.source``, every value checked, and enough of them for the test split and the
-    clients: everything about the data that needs no tokenizer, so it is found before the model loads."""
+def holds_client_rows(config: RunConfig) -> bool:
+    """Does this run's server process hold the clients' rows? Not when each client brings its own file
+    (``data.node_data``; ``data.client_files`` on Flower, where each node reads only its own): then the
+    server reads only its own test rows (``data.server_source``) and the clients evaluate on their nodes."""
     d = config.data
+    if d.node_data:
+        return False
+    return not d.client_files or launcher(config.runtime).in_process
+
+
+def load_checked_rows(config: RunConfig) -> list | FileFederationRows:
+    """The task rows of ``data.source`` (or of each client's file, ``data.client_files``), every value checked,
+    and enough of them for the test split and the clients: everything about the data that needs no
+    tokenizer, so it is found before the model loads."""
+    d = config.data
+    if d.client_files or d.node_data:
+        files = d.client_files if holds_client_rows(config) else []
+        return load_file_federation_rows(
+            files=files or [],
+            eval_files=d.client_eval_files if files else None,
+            schema=d.schema_,
+            task=d.task,
+            template=d.template,
+            val_fraction=d.val_fraction,
+            batch_size=config.train.batch_size,
+            server_source=d.server_source,
+            server_schema=d.server_schema,
+        )
     try:
         rows = load_rows(d.source, d.modules, d.task, d.template, d.schema_)
     except (PartitionError, DataSourceError):
@@ -81,6 +106,13 @@ def check_head_fits(config: RunConfig, head: str) -> None:
 
 def check_data_fits_task(config: RunConfig, data: FederatedData) -> None:
     """The split against what the task needs from it."""
+    task = get_task(config.data.task)
+    if task.threshold_on_validation and not holds_client_rows(config):
+        raise ConfigError(
+            f"data.task={task.name} chooses its decision threshold on the clients' validation rows together, "
+            f"which stay on their nodes here (data.client_files / data.node_data with runtime={config.runtime}); "
+            "rehearse it with runtime=local, or use a task without a threshold"
+        )
     if get_task(config.data.task).threshold_on_validation and not any(c.val for c in data.clients):
         raise ConfigError(
             f"data.task={config.data.task} chooses its decision threshold on the clients' validation rows, "

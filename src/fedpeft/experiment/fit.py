@@ -47,11 +47,7 @@ def fit(state: RunState, progress: RunProgress) -> None:
         # ---- aggregate: the strategy, over LoRA pairs or their products ----
         mixing, aggregation = aggregate(state, rnd, updates)
         # ---- evaluate ----
-        evaluation = (
-            state.runtime.evaluate_round(rnd, lambda: evaluate_global(state))
-            if should_evaluate(cfg, rnd)
-            else (None, {}, {})
-        )
+        evaluation = evaluate_global(state, rnd) if should_evaluate(cfg, rnd) else (None, {}, {})
         # ---- record: a line per client and one for the round ----
         clients = client_records(state, rnd, updates, sent)
         for record in clients:

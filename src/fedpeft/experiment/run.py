@@ -24,6 +24,7 @@ from fedpeft.config.schema import RunConfig
 from fedpeft.errors import FedpeftError
 from fedpeft.experiment import checks, resume
 from fedpeft.experiment.fit import fit
+from fedpeft.experiment.node import client_side
 from fedpeft.experiment.progress import RunProgress
 from fedpeft.experiment.records import summary_record
 from fedpeft.experiment.setup import RunState, peft_spec, setup
@@ -35,7 +36,6 @@ from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.plots import plot_losses, plot_mixing_matrix, plot_partition_heatmap
 from fedpeft.runtime.base import Launch, RunResult, Runtime, launcher
-from fedpeft.runtime.flower.client import ClientSide
 
 
 class RunInterrupted(FedpeftError):
@@ -95,18 +95,6 @@ def launch_job(
     )
 
 
-def client_side(config_text: str) -> ClientSide:
-    """A remote client's side of the run (on a SuperNode): the same setup as the server's (model, the seeded
-    split, strategy); its local runtime trains whichever client it is asked for, with the strategy's hook."""
-    import yaml
-
-    from fedpeft.config.recipes import validate_config
-
-    config = validate_config(yaml.safe_load(config_text))
-    state = setup(config, Path(config.output.dir))
-    return ClientSide(state.runtime, state.strategy.client_hook)
-
-
 def run_here(
     config: RunConfig,
     resume_dir: Path | None,
@@ -137,7 +125,8 @@ def run_here(
         )
     atomic_write_text(run_dir / rd.CONFIG_FILE, dump_config(config))
     rd.write_json(run_dir / rd.PARTITION_FILE, state.data.report)
-    plot_partition_heatmap(state.data.report["categories"], run_dir / rd.PARTITION_PLOT)
+    if state.data.report.get("categories"):  # a server whose clients keep their files has no table to draw
+        plot_partition_heatmap(state.data.report["categories"], run_dir / rd.PARTITION_PLOT)
     if resume_dir is not None:
         resume.sync_log_to_checkpoints(state)
         progress.message(f"resuming after round {state.completed_round} of {config.fl.rounds}")
@@ -190,8 +179,8 @@ def save_adapters(state: RunState) -> None:
     adapters = {rd.ADAPTER_DIR: state.global_state}
     if state.strategy.kind == "personalised":
         adapters = {
-            f"{rd.ADAPTER_DIR}/client-{c.client_id}": state.client_states.get(c.client_id, state.global_state)
-            for c in state.data.clients
+            f"{rd.ADAPTER_DIR}/client-{cid}": state.client_states.get(cid, state.global_state)
+            for cid in range(state.config.fl.clients)
         }
     for where, trainable in adapters.items():
         # Written next to its place and renamed in: a crash never leaves a half-written adapter (nor, when

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 
 from fedpeft.config.schema import RunConfig
+from fedpeft.data.client_files import FileFederationRows, build_file_federation
 from fedpeft.data.federated import FederatedData, build_federated_data
 from fedpeft.data.partition import PartitionError
 from fedpeft.data.sources import DataSourceError
 from fedpeft.data.tasks import get_task
 from fedpeft.evaluation.metrics import output_probabilities
 from fedpeft.experiment import checks
-from fedpeft.experiment.evaluate import split_evaluator
+from fedpeft.experiment.evaluate import client_evaluator, split_evaluator
 from fedpeft.fl.client_round import LocalTrainingArgs
 from fedpeft.fl.lora_ranks import ClientRanks
 from fedpeft.fl.sampling import clients_per_round
@@ -81,10 +82,30 @@ def peft_spec(config: RunConfig) -> PeftSpec:
     )
 
 
-def build_data(config: RunConfig, tokenizer, rows: list | None = None) -> FederatedData:
+def build_data(config: RunConfig, tokenizer, rows: list | FileFederationRows | None = None) -> FederatedData:
     """The run's federated data: a pure function of the config (and its seed) and the tokenizer. ``rows``:
-    :func:`~fedpeft.experiment.checks.load_checked_rows` of the config, if already loaded."""
+    :func:`~fedpeft.experiment.checks.load_checked_rows` of the config, if already loaded. With clients'
+    own files, client i from its file; a server that does not hold them gets only its own test rows."""
     d = config.data
+    if d.client_files or d.node_data:
+        files = d.client_files if checks.holds_client_rows(config) else []
+        return build_file_federation(
+            tokenizer=tokenizer,
+            files=files or [],
+            eval_files=d.client_eval_files if files else None,
+            schema=d.schema_,
+            task=d.task,
+            template=d.template,
+            val_fraction=d.val_fraction,
+            max_length=d.max_length,
+            batch_size=config.train.batch_size,
+            seed=config.fl.seed,
+            test_size=d.test_size,
+            server_source=d.server_source,
+            server_schema=d.server_schema,
+            retrieval_candidates=config.eval.retrieval_candidates,
+            rows=rows if isinstance(rows, FileFederationRows) else None,
+        )
     return build_federated_data(
         tokenizer=tokenizer,
         source=d.source,
@@ -160,6 +181,7 @@ def server_context(config: RunConfig, model, tokenizer, data: FederatedData, arg
         lora_aggregation=config.fl.lora_aggregation,
         heterogeneous_ranks=ClientRanks.build(config.peft.r, config.peft.client_ranks) is not None,
         sample_rate=clients_per_round(config.fl.clients, config.fl.fraction) / config.fl.clients,
+        client_rows_on_server=checks.holds_client_rows(config),
     )
 
 
@@ -175,6 +197,35 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
+def load_model(config: RunConfig) -> Any:
+    """The base model with the task's head and its tokenizer. A new classification head is initialised from
+    the ("init", 1) generator, so every process that loads it (server, nodes) starts from the same head."""
+    task = get_task(config.data.task)
+    try:
+        with torch_rng_scope(config.fl.seed, "init", 1), checks.as_config_error():
+            return load_base_model(
+                config.model.name,
+                config.model.dtype,
+                task.head,
+                task.num_labels or 2,
+                config.model.device,
+                config.model.quantization,
+            )
+    except OSError as err:  # a name the file system refuses outright (too long, unreadable)
+        raise ModelLoadError(f"model.name={config.model.name[:200]!r}: {err.strerror or err}") from None
+
+
+def adapt_model(config: RunConfig, base_model: torch.nn.Module, head: str) -> torch.nn.Module:
+    """The PEFT model: the adapter's initial weights come from the ("init") generator, so the same seed
+    gives the same start wherever it is built."""
+    with torch_rng_scope(config.fl.seed, "init"), checks.as_config_error():
+        model = apply_peft(base_model, peft_spec(config), head)
+        if config.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+    model.eval()
+    return model
+
+
 def setup(config: RunConfig, run_dir: Path) -> RunState:
     """Build the run in dependency order; every check that can fail does so before round 1."""
     seed = config.fl.seed
@@ -183,22 +234,10 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     # anything slow is loaded.
     strategy = checks.setup_checks(config)
     # The rows next: a missing, unreadable or mistyped data file, or too few rows, is found before the
-    # model is loaded.
+    # model is loaded. A server whose clients bring their own files reads only its own test rows.
     rows = checks.load_checked_rows(config)
-    # The base model comes before the split because the data is tokenized with its tokenizer. A new
-    # classification head is initialised here, from the init generator.
-    try:
-        with torch_rng_scope(seed, "init", 1), checks.as_config_error():
-            base = load_base_model(
-                config.model.name,
-                config.model.dtype,
-                get_task(config.data.task).head,
-                get_task(config.data.task).num_labels or 2,
-                config.model.device,
-                config.model.quantization,
-            )
-    except OSError as err:  # a name the file system refuses outright (too long, unreadable)
-        raise ModelLoadError(f"model.name={config.model.name[:200]!r}: {err.strerror or err}") from None
+    # The base model comes before the split because the data is tokenized with its tokenizer.
+    base = load_model(config)
     head, tokenizer = base.head, base.tokenizer
     checks.check_head_fits(config, head)
     # Data is split once, from its own generator, so every round and every resume sees the same clients.
@@ -209,17 +248,14 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     except ValueError as err:
         raise checks.ConfigError(str(err)) from None
     checks.check_data_fits_task(config, data)
-    # The adapter's initial weights come from the init generator: the same seed, the same start.
-    with torch_rng_scope(seed, "init"), checks.as_config_error():
-        model = apply_peft(base.model, peft_spec(config), head)
-        if config.train.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-    model.eval()
+    model = adapt_model(config, base.model, head)
     args = training_args(config, head, tokenizer.pad_token_id)
     checks.check_packing(config, model, tokenizer.pad_token_id)
     ranks = ClientRanks.build(config.peft.r, config.peft.client_ranks)
     transport = transport_dtype(config)
-    runtime = LocalRuntime(model, [c.train for c in data.clients], args, seed, ranks, transport)
+    by_id = {c.client_id: c for c in data.clients}
+    evaluator = client_evaluator(model, tokenizer, config, head, by_id)
+    runtime = LocalRuntime(model, {i: c.train for i, c in by_id.items()}, args, seed, ranks, transport, evaluator)
     # A strategy that needs server data, validation rows or categories says so now, before round 1.
     context = server_context(config, model, tokenizer, data, args)
     with checks.as_config_error():

@@ -1,7 +1,8 @@
 """The runtime interface: what the experiment's round loop asks of whatever moves states to the clients.
 
 A :class:`Runtime` trains a round (each sampled client from the state it is sent), trains the centralised
-baseline's pooled round where it can, evaluates a round, and closes. ``local`` runs every client in this
+baseline's pooled round where it can, evaluates states on the clients' own validation rows (where the rows
+are: numbers come back, never rows), and closes. ``local`` runs every client in this
 process; the Flower runtimes send the same work to SuperNodes. Transport dtype, byte counting and client
 ranks belong to the experiment, not to a runtime.
 
@@ -26,6 +27,10 @@ from fedpeft.registry import Registry
 from fedpeft.tensors import TensorDict
 
 R = TypeVar("R")
+ClientEvaluation = tuple[dict[str, float], int]
+"""A client's validation metrics and the number of examples they are over."""
+ClientEvaluator = Callable[[int, TensorDict, float | None], ClientEvaluation]
+"""``evaluate(client, state, threshold)``: a client's metrics of a state on its validation rows."""
 RunResult = tuple[Path, dict[str, Any]]
 """(run directory, summary) of a finished run."""
 
@@ -61,9 +66,16 @@ class Runtime(Protocol):
         """One update on the union of the clients' rows (the centralised baseline), where the runtime can."""
         ...
 
-    def evaluate_round(self, server_round: int, evaluate: Callable[[], R]) -> R:
-        """The round's evaluation. Both runtimes run ``evaluate`` (the experiment's, over the rows this
-        process holds) here, on the server side."""
+    def evaluate_clients(
+        self,
+        server_round: int,
+        states: Mapping[int, TensorDict],
+        thresholds: Mapping[int, float] | None = None,
+        on_client_failed: Callable[[int, str], None] | None = None,
+    ) -> dict[int, ClientEvaluation]:
+        """Each client's metrics of ``states[client]`` on its own validation rows, where those rows are (this
+        process for ``local``; the client's node for Flower), with the number of examples; ``thresholds``:
+        a classification task's decision threshold per client. Only numbers come back."""
         ...
 
     def close(self) -> None:

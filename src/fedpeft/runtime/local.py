@@ -15,7 +15,7 @@ import torch
 
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, LocalTrainingArgs, count_local_steps, train_client_round
 from fedpeft.fl.lora_ranks import ClientRanks
-from fedpeft.runtime.base import RUNTIMES, Launch, R, RunResult, RuntimeLauncher
+from fedpeft.runtime.base import RUNTIMES, ClientEvaluation, ClientEvaluator, Launch, RunResult, RuntimeLauncher
 from fedpeft.seeding import numpy_rng, torch_rng_scope
 from fedpeft.tensors import TensorDict, through_transport
 from fedpeft.tensors.batching import TokenizedExample
@@ -52,11 +52,12 @@ class LocalRuntime:
     def __init__(
         self,
         model: torch.nn.Module,
-        client_examples: Sequence[Sequence[TokenizedExample]],
+        client_examples: Mapping[int, Sequence[TokenizedExample]] | Sequence[Sequence[TokenizedExample]],
         args: LocalTrainingArgs,
         seed: int,
         ranks: ClientRanks | None = None,
         transport: torch.dtype | None = None,
+        evaluator: ClientEvaluator | None = None,
     ):
         self.model = model
         self.client_examples = client_examples
@@ -66,6 +67,8 @@ class LocalRuntime:
         """Clients of different LoRA ranks (``peft.client_ranks``); None: all at the global rank."""
         self.transport = transport
         """``fl.transport_dtype``: states reach the client and come back rounded to it (None: as they are)."""
+        self.evaluator = evaluator
+        """A client's metrics of a state on its validation rows (the experiment's; None: cannot evaluate)."""
 
     def train_round(
         self,
@@ -124,9 +127,17 @@ class LocalRuntime:
         release_freed_memory()
         return [update]
 
-    def evaluate_round(self, server_round: int, evaluate: Callable[[], R]) -> R:
-        """The round's evaluation, here: every client's rows are in this process."""
-        return evaluate()
+    def evaluate_clients(
+        self,
+        server_round: int,
+        states: Mapping[int, TensorDict],
+        thresholds: Mapping[int, float] | None = None,
+        on_client_failed: Callable[[int, str], None] | None = None,
+    ) -> dict[int, ClientEvaluation]:
+        """Each client's metrics of its state on its validation rows, here (its rows are in this process)."""
+        if self.evaluator is None:
+            raise ValueError("this LocalRuntime was built without a client evaluator")
+        return {cid: self.evaluator(cid, state, (thresholds or {}).get(cid)) for cid, state in states.items()}
 
     def close(self) -> None:
         """Nothing to release: the model belongs to the run."""

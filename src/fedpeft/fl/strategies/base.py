@@ -86,6 +86,10 @@ class ServerContext:
     """Clients train LoRA adapters of different ranks (``peft.client_ranks``)."""
     sample_rate: float = 1.0
     """Clients sampled per round / clients (privacy accounting)."""
+    client_rows_on_server: bool = True
+    """The server holds the clients' rows (a simulation, a rehearsal on one shared source). False when each
+    client keeps its own file on its node: then ``client_val`` and ``client_categories`` are empty, and a
+    strategy that would score or count clients' rows on the server must refuse the run."""
 
 
 class Aggregate(dict[str, torch.Tensor]):

@@ -71,6 +71,12 @@ class Trust(PersonalisedStrategy):
                 "fl.strategy=trust mixes the clients' adapters component by component, which clients of different "
                 "ranks do not share; it does not take peft.client_ranks (local does)"
             )
+        if weights in ("static", "dynamic-ref") and not context.client_rows_on_server:
+            needs = "category counts" if weights == "static" else "validation rows"
+            raise ValueError(
+                f"trust weights={weights} reads each client's {needs} on the server, which a federation whose "
+                "clients keep their own files never sends there; use weights=dynamic, dynamic-token or naive"
+            )
         if weights == "static":
             categories = {c for counts in context.client_categories.values() for c in counts}
             if len(categories) < 2:

@@ -17,29 +17,27 @@ from typing import Any
 
 from fedpeft.deploy import check_reachable, connection_toml, flower_env, flower_executable, json_string
 from fedpeft.runtime.base import RUNTIMES, Launch, RunResult, RuntimeLauncher
-from fedpeft.runtime.flower.client import ClientFault, ClientSide, client_query, client_train
+from fedpeft.runtime.flower.client import BuildClientSide, ClientFault
 from fedpeft.runtime.flower.errors import FlowerConnectionError, FlowerRoundError
+from fedpeft.runtime.flower.handlers import HANDLERS, ClientHandlers
 from fedpeft.runtime.flower.secagg import secagg_settings, secure_aggregation_mod
 from fedpeft.runtime.flower.server import FlowerRuntime
 from fedpeft.runtime.local import LocalRuntime
 
 
-def make_client_app(build: Callable[[str], ClientSide], fault: ClientFault | None = None) -> Any:
-    """fedpeft's ClientApp: trains any client of a run, whose side ``build(config_text)`` builds from the
-    run's configuration (once per process and run), and tells the server which client its node holds.
+def make_client_app(build: BuildClientSide, fault: ClientFault | None = None) -> Any:
+    """fedpeft's ClientApp run in this process: trains and evaluates a client of a run, whose side
+    ``build(config_text, node_config)`` builds from the run's configuration and the node's (once per process
+    and run), and tells the server which client its node holds: one entry point per message type of the
+    handler table (:data:`~fedpeft.runtime.flower.handlers.HANDLERS`).
     ``fault`` wraps each client round (a fault drill; see :data:`~fedpeft.runtime.flower.client.ClientFault`)."""
     from flwr.clientapp import ClientApp
 
     app = ClientApp(mods=[secure_aggregation_mod])
-
-    @app.train()
-    def _train(message, context):
-        return client_train(message, build, fault)
-
-    @app.query()
-    def _query(message, context):
-        return client_query(message, context)
-
+    handle = ClientHandlers(build, fault)
+    for message_type in HANDLERS.names():
+        category, _, action = message_type.partition(".")
+        getattr(app, category)(action or "default")(handle)
     return app
 
 
@@ -117,7 +115,7 @@ publisher = "fedpeft"
 
 [tool.flwr.app.components]
 serverapp = "fedpeft.flower_apps:server_app"
-clientapp = "fedpeft.flower_apps:client_app"
+clientapp = "fedpeft.flower_client:client_app"
 
 [tool.flwr.app.config]
 recipe = "default"

@@ -10,10 +10,22 @@ from fedpeft.deploy import PARTITION_KEY
 from fedpeft.fl.client_round import ClientUpdate
 from fedpeft.tensors import TensorDict
 
-__all__ = ["PARTITION_KEY", "QUERY", "TRAIN", "from_record", "to_record", "update_from_reply"]
+__all__ = [
+    "EVALUATE",
+    "PARTITION_KEY",
+    "QUERY",
+    "TRAIN",
+    "evaluation_from_reply",
+    "evaluation_metrics",
+    "from_record",
+    "to_record",
+    "update_from_reply",
+]
 
-TRAIN, QUERY = "train", "query"
-"""Message types: one client round; which client a node holds (answered with its ``PARTITION_KEY``)."""
+TRAIN, EVALUATE, QUERY = "train", "evaluate", "query"
+"""Message types: one client round; a state on a client's validation rows; which client a node holds
+(answered with its ``PARTITION_KEY``)."""
+_CLIENT, _EXAMPLES = "client", "num_examples"
 
 
 def to_record(state: TensorDict) -> Any:
@@ -39,3 +51,15 @@ def update_from_reply(content: Any) -> ClientUpdate:
         train_loss=float(m["train_loss"]),
         seconds=float(m["seconds"]),
     )
+
+
+def evaluation_metrics(client_id: int, metrics: dict[str, float], num_examples: int) -> dict[str, float | int]:
+    """An evaluate reply's metric record: the client, its example count and its metrics."""
+    return {_CLIENT: client_id, _EXAMPLES: num_examples, **{k: float(v) for k, v in metrics.items()}}
+
+
+def evaluation_from_reply(content: Any) -> tuple[int, dict[str, float], int]:
+    """(client, metrics, examples) from an evaluate reply."""
+    m = dict(content["metrics"])
+    client, n = int(m.pop(_CLIENT)), int(m.pop(_EXAMPLES))
+    return client, {k: float(v) for k, v in m.items()}, n

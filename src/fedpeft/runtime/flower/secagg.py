@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fedpeft.fl.client_round import ClientUpdate, count_local_steps
+from fedpeft.fl.client_round import ClientUpdate
 from fedpeft.runtime.flower.records import TRAIN
 from fedpeft.tensors import TensorDict
 
@@ -63,7 +63,7 @@ def secure_round(
         config = {"round": server_round, "client": cid, "run_config": runtime.config_text, "names": "\n".join(names)}
         round_.fitins.append((_NodeProxy(runtime.nodes[cid]), FitIns(parameters, config)))
         if on_client_start is not None:
-            on_client_start(cid, count_local_steps(len(runtime.local.client_examples[cid]), runtime.local.args))
+            on_client_start(cid, runtime.planned_steps(cid))
     context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=round_)
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: server_round})
     context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(parameters, True)

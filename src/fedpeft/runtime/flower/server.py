@@ -20,9 +20,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fedpeft.fl.client_round import ClientHook, ClientUpdate, count_local_steps
-from fedpeft.runtime.base import R
+from fedpeft.runtime.base import ClientEvaluation
 from fedpeft.runtime.flower.errors import FlowerRoundError
-from fedpeft.runtime.flower.records import PARTITION_KEY, QUERY, TRAIN, to_record, update_from_reply
+from fedpeft.runtime.flower.records import (
+    EVALUATE,
+    PARTITION_KEY,
+    QUERY,
+    TRAIN,
+    evaluation_from_reply,
+    to_record,
+    update_from_reply,
+)
 from fedpeft.runtime.flower.secagg import secure_round
 from fedpeft.runtime.local import LocalRuntime
 from fedpeft.tensors import TensorDict
@@ -73,7 +81,13 @@ class FlowerRuntime:
                 pending.discard(reply.metadata.reply_to_message_id)
                 answered.add(reply.metadata.src_node_id)
                 if not reply.has_error():
-                    nodes.setdefault(int(reply.content["config"][PARTITION_KEY]), reply.metadata.src_node_id)
+                    client, node = int(reply.content["config"][PARTITION_KEY]), reply.metadata.src_node_id
+                    if nodes.setdefault(client, node) != node:
+                        first, second = sorted((nodes[client], node))
+                        raise FlowerRoundError(
+                            f"SuperNodes {first} and {second} both hold client {client} ({PARTITION_KEY}="
+                            f"{client}): each member's node needs its own --partition-id (0..{n_clients - 1})"
+                        )
             if all(c in nodes for c in range(n_clients)):
                 break
             if deadline is None and len(asked) >= n_clients and answered >= asked:
@@ -133,9 +147,9 @@ class FlowerRuntime:
                 Message(content, dst_node_id=self.nodes[cid], message_type=TRAIN, group_id=str(server_round))
             )
             if on_client_start is not None:
-                on_client_start(cid, count_local_steps(len(self.local.client_examples[cid]), self.local.args))
+                on_client_start(cid, self.planned_steps(cid))
 
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        replies = send_and_receive(self.grid, messages, self.timeout)
         # The grid stamps each message with its id as it pushes it; replies (and the SuperLink's own error
         # replies for a node that stopped sending heartbeats) name the message they answer.
         client_of = {m.metadata.message_id: cid for m, cid in zip(messages, client_ids, strict=True)}
@@ -158,16 +172,80 @@ class FlowerRuntime:
                 failed(cid, f"no reply within flower.round_timeout={self.timeout} s")
         return [by_client[cid] for cid in client_ids if cid in by_client]
 
+    def planned_steps(self, client_id: int) -> int:
+        """A client's local steps this round, for progress: known where the server holds the client's rows
+        (a rehearsal on one shared source), else ``train.max_steps`` (0: unknown)."""
+        examples = self.local.client_examples
+        if client_id in examples if isinstance(examples, Mapping) else client_id < len(examples):
+            return count_local_steps(len(examples[client_id]), self.local.args)
+        return self.local.args.max_steps or 0
+
     def train_pooled(self, *args: Any, **kwargs: Any) -> list[ClientUpdate]:
         raise FlowerRoundError("the centralised baseline pools every client's rows in one place: use runtime=local")
 
-    def evaluate_round(self, server_round: int, evaluate: Callable[[], R]) -> R:
-        """The round's evaluation, on the server side over the rows this process holds (as ``local``)."""
-        return self.local.evaluate_round(server_round, evaluate)
+    def evaluate_clients(
+        self,
+        server_round: int,
+        states: Mapping[int, TensorDict],
+        thresholds: Mapping[int, float] | None = None,
+        on_client_failed: Callable[[int, str], None] | None = None,
+    ) -> dict[int, ClientEvaluation]:
+        """Each client's metrics, computed on its node (an ``evaluate`` message with the state): the node's
+        validation rows never leave it. A node that fails or does not answer within ``flower.round_timeout``
+        is reported to ``on_client_failed`` and left out."""
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        messages, clients = [], []
+        for cid, state in states.items():
+            if cid not in self.nodes:
+                if on_client_failed is not None:
+                    on_client_failed(cid, "no SuperNode holds it")
+                continue
+            config = {"round": server_round, "client": cid, "run_config": self.config_text}
+            if thresholds and thresholds.get(cid) is not None:
+                config["threshold"] = float(thresholds[cid])
+            content = RecordDict({"arrays": to_record(state), "config": ConfigRecord(config)})
+            messages.append(
+                Message(content, dst_node_id=self.nodes[cid], message_type=EVALUATE, group_id=str(server_round))
+            )
+            clients.append(cid)
+        replies = send_and_receive(self.grid, messages, self.timeout) if messages else []
+        client_of = {m.metadata.message_id: cid for m, cid in zip(messages, clients, strict=True)}
+        found: dict[int, ClientEvaluation] = {}
+        for reply in replies:
+            cid = client_of.get(reply.metadata.reply_to_message_id)
+            if cid is None or cid in found:
+                continue
+            if reply.has_error():
+                if on_client_failed is not None:
+                    on_client_failed(cid, _error_reason(reply.error.reason))
+                continue
+            _, metrics, n = evaluation_from_reply(reply.content)
+            found[cid] = (metrics, n)
+        for cid in clients:
+            if cid not in found and on_client_failed is not None:
+                on_client_failed(cid, f"no evaluation within flower.round_timeout={self.timeout} s")
+        return {cid: found[cid] for cid in clients if cid in found}
 
     def close(self) -> None:
         """The grid belongs to the ServerApp that Flower runs; nothing to release here."""
         self.local.close()
+
+
+def send_and_receive(grid: Any, messages: list, timeout: float | None, poll: float = 0.1) -> list:
+    """``grid.send_and_receive`` with a short poll (Flower's waits 3 s between pulls, which a round pays in
+    full when the replies come a moment after a pull): push, then pull every ``poll`` seconds until every
+    message is answered or ``timeout`` passes."""
+    pending = set(grid.push_messages(messages))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list = []
+    while pending and (deadline is None or time.monotonic() < deadline):
+        got = list(grid.pull_messages(list(pending)))
+        replies.extend(got)
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(poll)
+    return replies
 
 
 def _error_reason(reason: str) -> str:
