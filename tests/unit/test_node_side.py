@@ -47,3 +47,21 @@ def test_a_node_may_change_memory_settings_but_not_the_mathematics():
     assert node_settings(c, {"partition-id": 0}) is c
     with pytest.raises(ConfigError, match="node config.*micro-batch-size"):
         node_settings(c, {"micro-batch-size": 3})
+
+
+def test_what_needs_clients_rows_on_the_server_is_refused_when_they_keep_them(tmp_path):
+    """Checked before anything loads: a threshold chosen on the clients' pooled validation rows, and SecAgg+'s
+    weight range from their row counts, need what a server whose clients keep their files never gets."""
+    from fedpeft.data.federated import FederatedData
+    from fedpeft.experiment.checks import check_data_fits_task, holds_client_rows
+
+    node = ["runtime=flower-deployment", "data.node_data=true", "data.schema=dolly"]
+    assert not holds_client_rows(config(*node))
+    files = ["fl.clients=2", "data.schema=dolly", "data.client_files=[a.jsonl,b.jsonl]"]
+    assert holds_client_rows(config(*files)) and not holds_client_rows(config(*files, "runtime=flower-sim"))
+    empty = FederatedData(test=[], clients=[])
+    with pytest.raises(ConfigError, match="secure_aggregation.*does not hold"):
+        check_data_fits_task(config(*node, "flower.secure_aggregation=true", "fl.fraction=1"), empty)
+    clone = ["runtime=flower-deployment", "data.node_data=true", "data.task=clone", "data.schema=codexglue_clone"]
+    with pytest.raises(ConfigError, match="data.task=clone chooses its decision threshold"):
+        check_data_fits_task(config(*clone), empty)

@@ -107,6 +107,12 @@ def check_head_fits(config: RunConfig, head: str) -> None:
 def check_data_fits_task(config: RunConfig, data: FederatedData) -> None:
     """The split against what the task needs from it."""
     task = get_task(config.data.task)
+    if config.flower.secure_aggregation and not holds_client_rows(config):
+        raise ConfigError(
+            "flower.secure_aggregation sizes SecAgg+'s weight range from every client's row count, which this "
+            "server does not hold (data.node_data / data.client_files on Flower); not supported yet: rehearse it "
+            "with the shared source (data.source) or run without secure aggregation"
+        )
     if task.threshold_on_validation and not holds_client_rows(config):
         raise ConfigError(
             f"data.task={task.name} chooses its decision threshold on the clients' validation rows together, "
