@@ -36,6 +36,7 @@ ROLES = {
     "fedpeft.flower_client worker": "node worker",
     "flwr-clientapp": "flwr-clientapp (per message)",
     "flower-superexec": "flower-superexec",
+    "fedpeft.deploy.node_loop": "flower-supernode",
     "flower-supernode": "flower-supernode",
     "fedpeft.cli supernode": "fedpeft supernode",
 }
