@@ -37,7 +37,6 @@ ROLES = {
     "flwr-clientapp": "flwr-clientapp (per message)",
     "flower-superexec": "flower-superexec",
     "fedpeft.deploy.node_loop": "flower-supernode",
-    "flower-supernode": "flower-supernode",
     "fedpeft.cli supernode": "fedpeft supernode",
 }
 """Node processes by a mark in their command line (first match)."""
