@@ -146,8 +146,9 @@ def evaluate_global(state: RunState, rnd: int = 0) -> tuple[Metrics | None, dict
         else:
             tests = {"global": evaluate_test(state, state.global_state, threshold)}
     wanted = {cid: s for cid, s in states.items() if config.eval.clients or not state.data.test}
-    if state.data.clients:  # the server knows which clients have validation rows
-        wanted = {cid: s for cid, s in wanted.items() if clients_by_id(state)[cid].val}
+    if clients:  # the server knows which clients have validation rows
+        by_id = clients_by_id(state)
+        wanted = {cid: s for cid, s in wanted.items() if by_id[cid].val}
     found = state.runtime.evaluate_clients(rnd, wanted, thresholds, on_client_failed=None) if wanted else {}
     per_client = {f"client-{cid}": m for cid, (m, n) in sorted(found.items()) if n > 0}
     if not state.data.test:

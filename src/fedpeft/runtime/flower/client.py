@@ -109,7 +109,8 @@ def client_evaluate(message: Any, context: Any, build: BuildClientSide) -> Any:
     cid, server_round = int(config["client"]), int(config["round"])
     threshold = float(config["threshold"]) if "threshold" in config else None
     state = from_record(message.content["arrays"])
-    metrics, n = side.runtime.evaluate_clients(server_round, {cid: state}, {cid: threshold} if threshold else None)[cid]
+    thresholds = {cid: threshold} if threshold is not None else None
+    metrics, n = side.runtime.evaluate_clients(server_round, {cid: state}, thresholds)[cid]
     return Message(RecordDict({"metrics": MetricRecord(evaluation_metrics(cid, metrics, n))}), reply_to=message)
 
 
