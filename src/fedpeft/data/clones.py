@@ -30,6 +30,7 @@ _FLIPPED = {ast.Lt: ast.Gt, ast.Gt: ast.Lt, ast.LtE: ast.GtE, ast.GtE: ast.LtE, 
 def _locals_to_rename(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
     """Names assigned in the body (not arguments, which callers may pass by keyword; not globals)."""
     declared = {n for node in ast.walk(func) if isinstance(node, (ast.Global, ast.Nonlocal)) for n in node.names}
+    declared |= {a.arg for a in ast.walk(func.args) if isinstance(a, ast.arg)}  # `x = int(x)` keeps its parameter
     stored = {
         node.id
         for node in ast.walk(func)
