@@ -120,6 +120,25 @@ SMOKE = {
             ["local", "flower-sim"],
         ),
     ),
+    "code_eval.py": Smoke(
+        ("--model", "builtin:micro", "--problems", "2", "--max-new-tokens", "8", "--programs", "4"),
+        lambda out: (
+            table(
+                ["generation", "batch size", "sequences", "tokens", "seconds", "tokens/s", "speed-up"],
+                1,
+                [
+                    "greedy n=1, one prompt at a time",
+                    "greedy n=1, batched",
+                    "sampled n=5, one prompt at a time",
+                    "sampled n=5, batched",
+                ],
+            )(out),
+            table(["isolation, workers", "programs", "passed", "seconds", "samples/s", "speed-up"], 1, ["none x1"])(
+                out
+            ),
+        ),
+        slow=False,
+    ),
 }
 
 
