@@ -391,6 +391,9 @@ def certs(
         typer.echo(f"{private} {public}")
 
 
+from fedpeft.cli import code_eval as _code_eval  # noqa: E402,F401  (registers `suites` and `evaluate`)
+
+
 def main() -> None:
     try:
         app()

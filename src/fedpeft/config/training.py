@@ -118,6 +118,48 @@ class EvalConfig(Section):
         description="Code search: each test query is ranked among this many codes (its own, the other test "
         "queries' and distractors from rows no client trains on), as far as the source has them.",
     )
+    suites: list[str] = Field(
+        default_factory=list,
+        description="Code-evaluation suites scored by running the generated code in the sandbox, at evaluation "
+        "rounds (round 0 included) for the global adapter and every personalised client's (`fedpeft suites` "
+        "lists them).",
+    )
+    suite_limit: int | None = Field(
+        None, ge=1, description="At most this many problems per suite (its first ones); null runs them all."
+    )
+    suite_samples: int = Field(1, ge=1, description="Samples per problem (n of pass@k).")
+    suite_k: list[int] = Field(default_factory=lambda: [1], description="The k of each pass@k reported (k <= n).")
+    suite_temperature: float = Field(
+        0.0, ge=0.0, description="Sampling temperature for suites (0 is greedy; Astraios: n=20 at 0.2)."
+    )
+    suite_prompt: Literal["plain", "alpaca", "question-answer"] = Field(
+        "plain",
+        description="Prompt format: plain (the code prompt, for base models), alpaca (the instruction recipes' "
+        "template) or question-answer (Astraios' 'Question: ...\\n\\nAnswer:').",
+    )
+    suite_max_new_tokens: int = Field(256, gt=0, description="Longest completion generated per sample.")
+    suite_timeout: float = Field(10.0, gt=0, description="Seconds one sample may run in the sandbox.")
+    suite_args: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Settings per suite, e.g. {recode-syntax: {variants: 5}}."
+    )
+
+    @model_validator(mode="after")
+    def _suites(self) -> EvalConfig:
+        from fedpeft.evaluation.passk import check_ks
+        from fedpeft.evaluation.suites import SUITES
+        from fedpeft.registry import parse_settings
+
+        for name in self.suites:
+            SUITES.get(name)  # an unknown name lists the valid ones
+        if len(set(self.suites)) != len(self.suites):
+            raise ValueError(f"eval.suites names a suite twice: {self.suites}")
+        for name, args in self.suite_args.items():
+            if name not in self.suites:
+                raise ValueError(f"eval.suite_args has {name!r}, which is not in eval.suites {self.suites}")
+            parse_settings(f"eval.suite_args.{name}", name, "suite", SUITES.get(name).Settings, args)
+        if self.suites:
+            check_ks(self.suite_k, self.suite_samples)
+        return self
 
 
 class FlowerConfig(Section):

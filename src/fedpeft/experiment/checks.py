@@ -24,6 +24,7 @@ from fedpeft.data.tasks import TASKS, get_task
 from fedpeft.fl.lora_aggregation import check_lora_aggregation, check_stackable
 from fedpeft.fl.sampling import clients_per_round
 from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
+from fedpeft.models.base import GENERATIVE_HEADS
 from fedpeft.models.heads import check_packing_isolates
 from fedpeft.models.state import trainable_parameters
 from fedpeft.runtime.base import launcher
@@ -95,6 +96,12 @@ def check_head_fits(config: RunConfig, head: str) -> None:
         raise ConfigError(
             f"train.packing applies to decoder-only models; model.name={config.model.name!r} loads a {head} head"
         )
+    if config.eval.suites and head not in GENERATIVE_HEADS:
+        raise ConfigError(
+            f"eval.suites {config.eval.suites} score generated code, but model.name={config.model.name!r} loads a "
+            f"{head} head that does not generate (data.task={config.data.task}); use eval.suites with a "
+            f"{' or '.join(GENERATIVE_HEADS)} model, or set eval.suites: []"
+        )
     task = config.data.task
     if head == "seq2seq_lm" and not get_task(task).has_prompt:
         prompted = " or ".join(n for n, t in TASKS.items() if t.has_prompt and t.head == "causal_lm")
@@ -102,6 +109,17 @@ def check_head_fits(config: RunConfig, head: str) -> None:
             f"data.task={task} has no prompt for an encoder to read; model.name={config.model.name!r} is an "
             f"encoder-decoder. Use a decoder-only model, or data.task={prompted}"
         )
+
+
+def check_suites(config: RunConfig) -> None:
+    """Every suite of ``eval.suites`` can pose its problems with these settings (``eval.suite_limit`` within
+    its size), before the first round rather than at the first evaluation."""
+    from fedpeft.evaluation.suites import suite_problems
+    from fedpeft.experiment.code_eval import build_suites, suite_settings
+
+    settings = suite_settings(config.eval, config.fl.seed)
+    for suite in build_suites(config.eval):
+        suite_problems(suite, settings)
 
 
 def check_data_fits_task(config: RunConfig, data: FederatedData) -> None:

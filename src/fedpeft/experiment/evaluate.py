@@ -24,6 +24,7 @@ from fedpeft.evaluation.metrics import (
     evaluate_generation,
     evaluate_retrieval,
 )
+from fedpeft.experiment.code_eval import SUITES_DIR, run_suites
 from fedpeft.fl.client_round import RETRIEVAL_TEMPERATURE
 from fedpeft.models.base import autocast
 from fedpeft.models.state import set_trainable_state
@@ -157,7 +158,23 @@ def evaluate_global(state: RunState, rnd: int = 0) -> tuple[Metrics | None, dict
         test = mean_metrics(list(tests.values()))
     else:
         test = tests["global"]
+    if config.eval.suites:  # code suites need no data: run even where the server holds no test split
+        models = {f"client-{cid}": s for cid, s in states.items()} if personalised else {"global": state.global_state}
+        suites = {label: evaluate_suites(state, trainable, rnd, label) for label, trainable in models.items()}
+        test = (test or {}) | mean_metrics(list(suites.values()))
+        if personalised:
+            tests = {label: tests.get(label, {}) | suites[label] for label in suites}
     return test, per_client if config.eval.clients else {}, tests if personalised else {}
+
+
+def evaluate_suites(state: RunState, trainable: TensorDict, rnd: int, label: str) -> Metrics:
+    """The ``eval.suites`` scores of one trainable state (``label``: global or client-N); each sample's
+    completion and verdict go to ``suites/round-NNNN/<label>/`` in the run directory."""
+    set_trainable_state(state.model, trainable)
+    out_dir = state.run_dir / SUITES_DIR / f"round-{rnd:04d}" / label
+    with autocast(next(state.model.parameters()).device, state.config.train.mixed_precision):
+        metrics, _ = run_suites(state.model, state.tokenizer, state.config.eval, state.config.fl.seed, out_dir)
+    return metrics
 
 
 def client_ids(state: RunState) -> list[int]:

@@ -127,7 +127,7 @@ def summary_record(state: RunState, rounds: Sequence[Mapping[str, Any]], status:
         "rounds_planned": state.config.fl.rounds,
         "final_eval": evals[-1]["eval"] if evals else None,
         "initial_eval": evals[0]["eval"] if evals and evals[0]["round"] == 0 else None,
-        "best_eval_loss": min((r["eval"]["loss"] for r in evals), default=None),
+        "best_eval_loss": min((r["eval"]["loss"] for r in evals if "loss" in r["eval"]), default=None),
         "final_client_eval": evals[-1].get("client_eval") if evals else None,
         "bytes_up": sum(r.get("bytes_up", 0) for r in rounds),
         "bytes_down": sum(r.get("bytes_down", 0) for r in rounds),

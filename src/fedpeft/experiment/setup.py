@@ -240,6 +240,7 @@ def setup(config: RunConfig, run_dir: Path) -> RunState:
     base = load_model(config)
     head, tokenizer = base.head, base.tokenizer
     checks.check_head_fits(config, head)
+    checks.check_suites(config)
     # Data is split once, from its own generator, so every round and every resume sees the same clients.
     try:
         data = build_data(config, tokenizer, rows)
