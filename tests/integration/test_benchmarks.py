@@ -139,6 +139,19 @@ SMOKE = {
         ),
         slow=False,
     ),
+    "sandbox_hostile.py": Smoke(
+        ("--layers", "seccomp", "--samples", "os._exit,output"),
+        lambda out: (
+            table(
+                ["layer", "sample", "status", "passed", "seconds", "harness alive", "no survivors", "files untouched"]
+                + ["no connection", "secret kept"],
+                5,
+                [],
+            )(out),
+            text_lines("samples that got anything past the sandbox: 0")(out),
+        ),
+        slow=False,
+    ),
 }
 
 
