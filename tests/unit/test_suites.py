@@ -165,3 +165,27 @@ def test_cli_refuses_an_unknown_target(tmp_path):
     assert result.exit_code == 2 and "is neither a run directory" in result.output
     result = runner.invoke(app, ["evaluate", "reference:other", "--suites", "humaneval"])
     assert result.exit_code == 2 and "valid: reference:canonical, reference:buggy" in result.output
+
+
+def test_compare_tables_carry_each_suites_headline_figure():
+    from fedpeft.experiment.compare import format_table, is_suite_score
+
+    assert is_suite_score("humaneval/pass@1") and is_suite_score("defect-yesno/accuracy")
+    assert not is_suite_score("humaneval/judge_seconds") and not is_suite_score("token_accuracy")
+    row = {
+        "strategy": "fedavg",
+        "metric": "token_accuracy",
+        "final": 0.5,
+        "best": 0.5,
+        "final_loss": 2.0,
+        "client_val": None,
+        "trainable": 10,
+        "trainable_percent": 1.0,
+        "megabytes_per_round": 0.1,
+        "peak_rss_mb": 100.0,
+        "seconds": 1.0,
+    }
+    table = format_table([row | {"suites": {"humaneval/pass@1": 0.25}}, row | {"strategy": "local", "suites": {}}])
+    header, _, first, second = table.splitlines()
+    assert header.endswith("| humaneval/pass@1 |")
+    assert first.endswith("| 0.2500 |") and second.endswith("| nan |")

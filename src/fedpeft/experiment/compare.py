@@ -123,6 +123,12 @@ def headline_metric(evaluation: dict[str, Any]) -> str:
     return "loss"
 
 
+def is_suite_score(key: str) -> bool:
+    """A code-evaluation suite's headline figure in an eval record (``humaneval/pass@1``, ``defect-yesno/accuracy``)."""
+    suite, _, figure = key.partition("/")
+    return bool(suite) and (figure.startswith("pass@") or figure == "accuracy")
+
+
 def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:
     """One table row from a finished run directory."""
     log = rd.MetricsLog(run_dir / rd.METRICS_FILE).read()
@@ -139,7 +145,8 @@ def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:
         "metric": metric,
         "final": last["eval"][metric],
         "best": max(values) if higher_better else min(values),
-        "final_loss": last["eval"]["loss"],
+        "final_loss": last["eval"].get("loss", float("nan")),
+        "suites": {k: v for k, v in last["eval"].items() if is_suite_score(k)},
         "client_val": sum(client_values) / len(client_values) if client_values else None,
         "trainable": summary["trainable_parameters"],
         "trainable_percent": summary["trainable_percent"],
@@ -157,9 +164,11 @@ def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     metric = rows[0]["metric"]
     gpu = any(r.get("peak_gpu_mb") is not None for r in rows)
+    suites = sorted({k for r in rows for k in r.get("suites", {})})
     header = (
         f"| entry | final {metric} | best {metric} | final test loss | mean client-val {metric} | trainable "
         f"(% of model) | MB per round | peak RSS MB |{' peak GPU MB |' if gpu else ''} seconds |"
+        + "".join(f" {k} |" for k in suites)
     )
     lines = [header, "|" + " --- |" * header.count(" |")]
     for r in rows:
@@ -170,6 +179,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['strategy']} | {r['final']:.4f} | {r['best']:.4f} | {r['final_loss']:.4f} | {client} | "
             f"{r['trainable']:,} ({r['trainable_percent']:.3g}%) | {r['megabytes_per_round']:.2f} | {rss} |"
             f"{gpu_cell} {r['seconds']:.1f} |"
+            + "".join(f" {r.get('suites', {}).get(k, float('nan')):.4f} |" for k in suites)
         )
     return "\n".join(lines) + "\n"
 
