@@ -65,7 +65,7 @@ def docstring_block(description: str) -> str:
     return f'    """{text}\n    """\n'
 
 
-REFERENCE_DESCRIPTION = " The reference description."
+REFERENCE_DESCRIPTION = " The reference for {task_id}."
 
 
 @SUITES.register("humaneval-explain")
@@ -106,15 +106,17 @@ class HumanEvalExplain(Suite):
         )
 
     def reference_ask(self, problems: Sequence[Problem], answers: str = "canonical") -> Ask:
-        """Pass 1 answers with a fixed description, pass 2 with the canonical function: the self-check."""
+        """Pass 1 answers with a description naming the task (two HumanEval problems share a function name,
+        so their pass-2 prompts would otherwise coincide), pass 2 with the canonical function: the self-check."""
         if answers != "canonical":
             return super().reference_ask(problems, answers)
-        said = REFERENCE_DESCRIPTION
         replies = {}
         for p in problems:
+            said = REFERENCE_DESCRIPTION.format(task_id=p.task_id)
+            written = self.synthesis(p, description_of(said, p.meta["max_chars"]))
             for fmt in PROMPT_FORMATS:
                 replies[format_prompt(p, fmt)] = said
-                replies[format_prompt(self.synthesis(p, description_of(said, p.meta["max_chars"])), fmt)] = p.canonical
+                replies[format_prompt(written, fmt)] = p.canonical
 
         def ask(prompts: Sequence[str], n: int, temperature: float, stop: Sequence[str]) -> list[list[str]]:
             return [[replies[prompt]] * n for prompt in prompts]
