@@ -99,7 +99,10 @@ def test_infinite_loop_times_out_and_leaves_nothing(layer):
     limits = SandboxLimits(timeout_s=1.0, cpu_s=30)
     program = (
         "import subprocess, sys\n"
-        f"subprocess.Popen([sys.executable, '-c', 'while True: pass  # {MARK}child'])\n"
+        "try:\n"
+        f"    subprocess.Popen([sys.executable, '-c', 'while True: pass  # {MARK}child'])\n"
+        "except OSError:\n"
+        "    pass  # the seccomp layer refuses new processes\n"
         "while True:\n    pass\n"
     )
     before = _running()
@@ -244,3 +247,13 @@ def test_why_bubblewrap_is_unavailable_is_said(monkeypatch):
     monkeypatch.setattr(sandbox_module, "_why_not", {})
     assert not sandbox_module._probe_bwrap()
     assert "bwrap is not installed (apt-get install bubblewrap)" in sandbox_module.why_unavailable("bubblewrap")
+
+
+@pytest.mark.parametrize("layer", [_layer_param("seccomp")])
+def test_seccomp_refuses_new_processes_but_not_threads(layer):
+    forking = "import os\ntry:\n    os.fork()\nexcept PermissionError:\n    pass\nelse:\n    raise SystemExit(3)\n"
+    assert run_program(forking, FAST, isolation=layer).passed
+    spawning = "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'pass'])\n"
+    assert run_program(spawning, FAST, isolation=layer).status == "failed"
+    threads = "import threading\nt = threading.Thread(target=lambda: None)\nt.start()\nt.join()\n"
+    assert run_program(threads, FAST, isolation=layer).passed

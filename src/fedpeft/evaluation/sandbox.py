@@ -9,8 +9,8 @@ file size, open files, no core dumps). On top of that, the best isolation availa
   view of ``/``, a private ``/tmp`` with only the program's directory writable), all capabilities dropped,
   running as uid 65534.
 - ``seccomp``: without bwrap, a ``pyseccomp`` filter in the child refuses sockets, ptrace, mounts,
-  namespaces, new sessions and signals to other processes (``EPERM``); the process drops to uid 65534
-  when we are root and the interpreter is readable by that uid.
+  namespaces, new sessions, new processes (threads are allowed) and signals to other processes
+  (``EPERM``); the process drops to uid 65534 when we are root and the interpreter is readable by that uid.
 - ``none``: resource limits and the uid drop only.
 
 A warning says once which isolation is in force whenever it is not bubblewrap.
@@ -22,6 +22,7 @@ sentinel guards against early exits, not against a program that reads its own so
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import shutil
@@ -43,10 +44,15 @@ from fedpeft.errors import FedpeftError
 ISOLATIONS = ("bubblewrap", "seccomp", "none")
 """The isolation layers, strongest first."""
 
+CLONE_THREAD = 0x00010000
+"""clone()'s flag for a new thread (not a process)."""
+
 NOBODY = 65534
 """The unprivileged uid/gid samples run as."""
 
 SAFE_PATH = "/usr/bin:/bin"
+MAX_PROCESSES = 256
+"""RLIMIT_NPROC of a sample running as uid 65534 (shared by all samples running at once)."""
 DETAIL_LINES = 20
 DETAIL_CHARS = 2000
 PROGRAM_NAME = "sample.py"
@@ -217,6 +223,15 @@ def _build_seccomp_filter() -> object | None:
                 continue
         # kill(pid, sig) only for the caller's own process group (pid 0).
         flt.add_rule(deny, "kill", pyseccomp.Arg(0, pyseccomp.NE, 0))
+        # No new processes (as root nothing else bounds a fork bomb): threads only. clone3 hides its flags
+        # in memory a filter cannot read, so it answers ENOSYS and the C library falls back to clone.
+        flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
+        for name in ("fork", "vfork"):
+            try:
+                flt.add_rule(deny, name)
+            except Exception:  # noqa: BLE001 - absent on this architecture (aarch64 has only clone)
+                continue
+        flt.add_rule(deny, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, CLONE_THREAD, 0))
     except Exception:  # noqa: BLE001 - libseccomp missing or unusable
         return None
     return flt
@@ -277,7 +292,8 @@ def isolation() -> str:
             "is not limited"
         )
         layer = (
-            "a seccomp filter (no sockets, ptrace, mounts or signals to other processes) and resource limits"
+            "a seccomp filter (no sockets, ptrace, mounts, new processes or signals to other processes) and "
+            "resource limits"
             if chosen == "seccomp"
             else "resource limits only (install pyseccomp for a seccomp filter)"
         )
@@ -312,8 +328,9 @@ def _preexec(limits: SandboxLimits, layer: str, drop_uid: bool) -> Callable[[], 
     def setup() -> None:  # runs in the child between fork and exec: no imports, no locks
         for which, soft, hard in rlimits:
             resource.setrlimit(which, (soft, hard))
+        # Counted per uid and ignored for root: it binds once the sample runs as uid 65534 (bwrap, or the drop).
+        resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
         if drop_uid:
-            resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
