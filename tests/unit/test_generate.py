@@ -244,3 +244,43 @@ def test_ask_runs_a_suite(llama, tokenizer):
     assert result.metrics["samples"] == 4 and result.metrics["problems"] == 2
     assert [s.task_id for s in result.samples] == ["HumanEval/0", "HumanEval/0", "HumanEval/1", "HumanEval/1"]
     assert ask.calls == 1 and ask.generated_tokens > 0
+
+
+def test_a_prompt_longer_than_the_context_keeps_its_end(tokenizer):
+    """Prompt + new tokens past max_position_embeddings: the prompt is cut from the left (BOS kept), and the
+    completion is plain generate's on exactly that cut prompt."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=48,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+    prompt = "def f(x):\n    return x + 1\n" * 20
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 48
+    cut = torch.tensor([[tokenizer.bos_token_id, *ids[-(48 - 8 - 1) :]]])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=cut,
+            attention_mask=torch.ones_like(cut),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    expected = tokenizer.decode(torch.cat([cut[0], out[0, cut.shape[1] :]]), skip_special_tokens=True)
+    head = tokenizer.decode(cut[0], skip_special_tokens=True)
+    (completion,) = generate_completions(model, tokenizer, [prompt, "def g():"], 1, 0.0, (), 8)[0]
+    assert completion == expected[len(head) :]
+    with pytest.raises(ValueError, match="max_new_tokens=48 leaves no room for a prompt in the model's context of 48"):
+        generate_completions(model, tokenizer, [prompt], 1, 0.0, (), 48)

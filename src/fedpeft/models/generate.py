@@ -190,6 +190,7 @@ def _generate(
     config = _generation_config(tokenizer, eos, greedy, n, temperature, top_p, max_new_tokens)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     ids = [bos + t for t in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    ids = fit_context(model, ids, len(bos), max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
     step = max(1, batch_size // per_prompt)
     results: list[list[str]] = [[] for _ in prompts]
@@ -214,6 +215,29 @@ def _generate(
     finally:
         tokenizer.padding_side = padding_side
     return results, generated
+
+
+def context_length(model: Any) -> int | None:
+    """The longest sequence a decoder's positions cover (``max_position_embeddings``), None if it says none."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return None
+    value = getattr(model.config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def fit_context(model: Any, ids: list[list[int]], keep_head: int, max_new_tokens: int) -> list[list[int]]:
+    """Each prompt cut from the left (its first ``keep_head`` tokens, the BOS, kept) so that prompt plus
+    ``max_new_tokens`` fits the model's context: the end of a prompt, where the answer starts, matters most.
+    Positions past the context are what the model never saw in training."""
+    limit = context_length(model)
+    if limit is None:
+        return ids
+    room = limit - max_new_tokens
+    if room <= keep_head:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of {limit} tokens"
+        )
+    return [t if len(t) <= room else t[:keep_head] + t[len(t) - (room - keep_head) :] for t in ids]
 
 
 def _decode(tokenizer: Any, prompt_ids: list[list[int]], new: torch.Tensor, encoder_decoder: bool) -> list[str]:
