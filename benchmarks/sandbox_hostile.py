@@ -63,9 +63,12 @@ def run_one(layer: str, name: str, port: int, home_file: Path, repo_file: Path) 
 
 
 def sandbox_survivors(before: set[int]) -> int:
+    """Processes running a sandbox program whose run is over (its directory is gone: the harness removes it
+    when the sample ends), new since ``before``; samples of other runs still going are not counted."""
     count = 0
     for proc in psutil.process_iter(["cmdline"]):
-        if proc.pid not in before and any("fedpeft-sandbox-" in part for part in proc.info["cmdline"] or ()):
+        programs = [part for part in proc.info["cmdline"] or () if "fedpeft-sandbox-" in part]
+        if proc.pid not in before and programs and not any(os.path.exists(p) for p in programs):
             count += 1
     return count
 

@@ -7,7 +7,7 @@ file size, open files, no core dumps). On top of that, the best isolation availa
 
 - ``bubblewrap``: ``bwrap`` wraps the interpreter in new namespaces (no network, its own pids, a read-only
   view of ``/``, a private ``/tmp`` with only the program's directory writable), all capabilities dropped,
-  running as uid 65534.
+  running as uid 65534, with the seccomp filter below as well (``--seccomp``) where pyseccomp works.
 - ``seccomp``: without bwrap, a ``pyseccomp`` filter in the child refuses sockets, ptrace, mounts,
   namespaces, new sessions, new processes (threads are allowed) and signals to other processes
   (``EPERM``); the process drops to uid 65534 when we are root and the interpreter is readable by that uid.
@@ -135,6 +135,7 @@ _available: dict[str, bool] = {}
 _chosen: list[str] = []
 _seccomp_filter: list[object] = []
 _why_not: dict[str, str] = {}
+_bpf: list[bytes] = []
 
 
 def _interpreter_binds() -> list[str]:
@@ -354,6 +355,72 @@ def _kill_group(pgid: int) -> None:
         time.sleep(0.01)
 
 
+def _bpf_fd(outdir: str) -> int | None:
+    """A readable fd holding the seccomp filter as BPF, for ``bwrap --seccomp FD``: inside bubblewrap the
+    sample gets the same filter (no new processes: a fork bomb in a pid namespace still fills the machine's
+    process table before its teardown ends). None where pyseccomp cannot build it."""
+    if not isolation_available("seccomp"):
+        return None
+    with _lock:
+        if not _bpf:
+            path = os.path.join(outdir, "filter.bpf")
+            with open(path, "wb") as fh:
+                _seccomp_filter[0].export_bpf(fh)  # type: ignore[attr-defined]
+            with open(path, "rb") as fh:
+                _bpf.append(fh.read())
+    path = os.path.join(outdir, "filter.bpf")
+    with open(path, "wb") as fh:
+        fh.write(_bpf[0])
+    return os.open(path, os.O_RDONLY)
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (bwrap's: the init of the sample's pid namespace)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            return [int(c) for c in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _wait_gone(pids: list[int], deadline_s: float = 10.0) -> None:
+    """Wait until each of ``pids`` has exited. A pid namespace's init exits only after the kernel has killed
+    every process in it, so this is the end of the sandbox, without reading any dying process's memory."""
+    deadline = time.monotonic() + deadline_s
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+                    if fh.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+                        break
+            except OSError:
+                break
+            time.sleep(0.01)
+
+
+def _reap(workdir: str, deadline_s: float = 5.0) -> None:
+    """Kill every process still running the sample in ``workdir`` and wait until none is left: processes
+    that left the group (bwrap's own session, a namespace being torn down) are found by their command line."""
+    marker = os.path.join(workdir, PROGRAM_NAME).encode()
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or time.monotonic() > deadline:
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if marker not in fh.read():
+                        continue
+                os.kill(int(entry), signal.SIGKILL)
+                found = True
+            except (OSError, ValueError):  # gone already, or not ours to see
+                continue
+        if not found:
+            return
+        time.sleep(0.02)
+
+
 def run_program(program: str, limits: SandboxLimits = SandboxLimits(), isolation: str | None = None) -> SandboxResult:
     """Run one sample (its code followed by its tests) in the sandbox and judge it.
 
@@ -377,8 +444,11 @@ def run_program(program: str, limits: SandboxLimits = SandboxLimits(), isolation
         if drop_uid:
             os.chown(workdir, NOBODY, NOBODY)
         cmd = [sys.executable, "-I", path]
+        keep: tuple[int, ...] = ()
         if layer == "bubblewrap":
-            cmd = [*_bwrap_prefix(workdir), *cmd]
+            filter_fd = _bpf_fd(outdir)
+            keep = (filter_fd,) if filter_fd is not None else ()
+            cmd = [*_bwrap_prefix(workdir), *(["--seccomp", str(filter_fd)] if keep else []), *cmd]
         with open(os.path.join(outdir, "out"), "w+b") as out, open(os.path.join(outdir, "err"), "w+b") as err:
             try:
                 proc = subprocess.Popen(
@@ -390,18 +460,27 @@ def run_program(program: str, limits: SandboxLimits = SandboxLimits(), isolation
                     env={"PATH": SAFE_PATH},
                     start_new_session=True,
                     close_fds=True,
+                    pass_fds=keep,
                     preexec_fn=_preexec(limits, layer, drop_uid),
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 return SandboxResult(False, "error", f"could not start the sample: {exc}", time.monotonic() - start)
+            finally:
+                for fd in keep:
+                    os.close(fd)
             timed_out = False
             try:
                 returncode = proc.wait(timeout=limits.timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
+            namespace_init = _children(proc.pid) if layer == "bubblewrap" else []
             _kill_group(proc.pid)
             if timed_out:
                 returncode = proc.wait()
+            if layer == "bubblewrap":
+                _wait_gone(namespace_init)
+            else:
+                _reap(workdir)
             seconds = time.monotonic() - start
             out.seek(0)
             stdout = out.read()
