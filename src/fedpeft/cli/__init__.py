@@ -392,6 +392,8 @@ def certs(
 
 
 from fedpeft.cli import code_eval as _code_eval  # noqa: E402,F401  (registers `suites` and `evaluate`)
+from fedpeft.cli import use as _use  # noqa: E402,F401  (registers `generate` and `merge`)
+from fedpeft.cli import chat as _chat  # noqa: E402,F401  (registers `chat`)
 
 
 def main() -> None:

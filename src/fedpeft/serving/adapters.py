@@ -36,6 +36,8 @@ from fedpeft.reporting import run_dir as rd
 BASE = "base"
 """The name of the base model with every adapter switched off."""
 GLOBAL = "global"
+BOTTLENECK_METHODS = ("adapter_h", "adapter_p", "parallel")
+"""fedpeft's own bottleneck adapters (models/bottleneck.py), which peft cannot load."""
 
 
 class ServingError(FedpeftError, ValueError):
@@ -139,7 +141,7 @@ def load_run(run_dir: Path, device: str | None = None) -> ServedRun:
     config = load_run_config(run_dir / rd.CONFIG_FILE)
     device = device or config.model.device
     method = config.peft.method
-    if method in ("bottleneck", "bottleneck-parallel", "bottleneck_adapters") or not _is_loadable(dirs):
+    if method in BOTTLENECK_METHODS or not _is_loadable(dirs):
         raise ServingError(
             f"{run_dir} trained peft.method={method}, whose adapters peft cannot load; serve a LoRA-family run, "
             "or merge the adapters into the model yourself"
