@@ -139,6 +139,25 @@ SMOKE = {
         ),
         slow=False,
     ),
+    "serve_throughput.py": Smoke(
+        ("--model", "builtin:micro", "--requests", "4", "--max-tokens", "4", "--concurrency", "1,2")
+        + ("--rows", "120", "--test-size", "12"),
+        table(
+            [
+                "setting",
+                "clients",
+                "requests",
+                "tokens",
+                "seconds",
+                "requests/s",
+                "tokens/s",
+                "batches",
+                "vs plain loop",
+            ],
+            1,
+            ["plain model.generate loop", "fedpeft serve, 1 client", "fedpeft serve, 2 clients"],
+        ),
+    ),
     "sandbox_hostile.py": Smoke(
         ("--layers", "seccomp", "--samples", "os._exit,output"),
         lambda out: (
