@@ -8,6 +8,7 @@ on the same adapter, a generation path the UI does not use. The run trains hard 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from fedpeft.config import load_config
 from fedpeft.experiment.run import run_experiment
 from fedpeft.models.generate import generate_completions
 from fedpeft.serving.adapters import ServedRun, ServingError, load_run
-from fedpeft.serving.chat import Sampling, generate_answer, launch_ui
+from fedpeft.serving.chat import LIMITS, Sampling, generate_answer, launch_ui, settings_from_ui
 from tests.integration.conftest import MICRO
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -247,13 +248,15 @@ def test_port_in_use_is_refused(run):
         ("   ", {}, "the prompt is empty"),
         ("word " * 600, {}, "over the model's context of 512 tokens"),
         (PROMPT, {"top_p": 0}, "top_p=0: must be between 0.05 and 1"),
-        (PROMPT, {"num_beams": 2.5}, "num_beams=2.5: must be a whole number"),
+        (PROMPT, {"num_beams": 2.5}, "num_beams=2.5 must be an integer"),
         (PROMPT, {"max_new_tokens": 0}, "max_new_tokens=0: must be between 1 and 1024"),
     ],
 )
 def test_bad_input_is_named(run, prompt, sampling, message):
+    """Through the UI's own path: the sliders' values (in LIMITS order) become settings, then an answer."""
+    values = {**dataclasses.asdict(Sampling()), **sampling}
     with pytest.raises(ServingError, match=message.replace("(", r"\(")):
-        generate_answer(run, run.default, prompt, Sampling(**sampling))
+        generate_answer(run, run.default, prompt, settings_from_ui(tuple(values[k] for k in LIMITS)))
 
 
 def test_unknown_adapter_lists_the_choices(run):

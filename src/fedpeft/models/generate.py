@@ -208,7 +208,9 @@ def _generate(
                 out = model.generate(**batch, generation_config=config, stopping_criteria=StoppingCriteriaList([watch]))
                 new = out[:, start:]
                 generated += watch.tokens(new.shape[1])
-                texts = _decode(tokenizer, [ids[i] for i in chosen for _ in range(per_prompt)], new, encoder_decoder)
+                texts = decode_continuations(
+                    tokenizer, [ids[i] for i in chosen for _ in range(per_prompt)], new, encoder_decoder
+                )
                 for k, i in enumerate(chosen):
                     mine = [cut_at_stop(t, stop) for t in texts[k * per_prompt : (k + 1) * per_prompt]]
                     results[i] = mine * n if greedy else mine
@@ -240,7 +242,11 @@ def fit_context(model: Any, ids: list[list[int]], keep_head: int, max_new_tokens
     return [t if len(t) <= room else t[:keep_head] + t[len(t) - (room - keep_head) :] for t in ids]
 
 
-def _decode(tokenizer: Any, prompt_ids: list[list[int]], new: torch.Tensor, encoder_decoder: bool) -> list[str]:
+def decode_continuations(
+    tokenizer: Any, prompt_ids: list[list[int]], new: torch.Tensor, encoder_decoder: bool
+) -> list[str]:
+    """Each row of ``new`` as text continuing its prompt: decode(prompt + new) minus decode(prompt), which keeps
+    the leading space a SentencePiece piece loses when decoded alone (an encoder-decoder's output stands alone)."""
     rows = new.tolist()
     alone = tokenizer.batch_decode(rows, skip_special_tokens=True)
     if encoder_decoder:

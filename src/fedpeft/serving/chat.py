@@ -12,9 +12,8 @@ Notable choices:
   theme's fonts are served by gradio itself, so nothing is fetched from the internet by the server or the page.
 - Sampling defaults are Shepherd's (temperature 0.1, top_p 0.75, top_k 40, 4 beams, 128 new tokens).
   Temperature 0 is greedy (beam search when beams > 1); above 0 it samples (beam sampling with beams > 1),
-  seeded, so the same settings and seed give the same answer. Generation calls transformers' ``generate``
-  directly because ``fedpeft.models.generate`` has no top-k or beams; it reuses that module's eval-mode and
-  seeding helpers and tokenizes the same way (BOS, then the text without special tokens).
+  seeded, so the same settings and seed give the same answer. Generation is the serving layer's
+  (:func:`fedpeft.serving.sampling.generate`), as ``fedpeft generate`` and the HTTP server use it.
 - Each turn is one prompt and its answer: earlier turns are not fed back, since the run's adapters were
   trained on single instruction/response pairs. Instruction runs wrap the prompt in the run's template
   (a checkbox turns that off); code runs send it as it is.
@@ -25,14 +24,11 @@ Notable choices:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import GenerationConfig
-
-from fedpeft.models.generate import evaluation_mode, seeded
 from fedpeft.serving.adapters import BASE, ServedRun, ServingError
+from fedpeft.serving.sampling import SamplingSettings, generate, sampling_from
 
 if TYPE_CHECKING:
     import gradio
@@ -51,85 +47,26 @@ LIMITS: dict[str, tuple[float, float]] = {
 """Valid range of each sampling setting (inclusive), which the UI's sliders also span."""
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How an answer is generated; the defaults are Shepherd's."""
-
-    temperature: float = 0.1
-    top_p: float = 0.75
-    top_k: int = 40
-    num_beams: int = 4
-    max_new_tokens: int = 128
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            low, high = LIMITS[f.name]
-            if value is None or not low <= value <= high:
-                raise ServingError(f"{f.name}={value}: must be between {low:g} and {high:g}")
-            if f.type == "int" and value != int(value):
-                raise ServingError(f"{f.name}={value}: must be a whole number")
-            object.__setattr__(self, f.name, int(value) if f.type == "int" else float(value))
-
-
-def model_context(model: Any) -> int | None:
-    """The longest sequence (prompt and new tokens) the model takes, where its config says."""
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
-        value = getattr(model.config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-
-
-def _generation_config(sampling: Sampling, tokenizer: Any, eos: list[int]) -> GenerationConfig:
-    options: dict[str, Any] = {"do_sample": False}
-    if sampling.temperature > 0:
-        options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
-        options["top_k"] = sampling.top_k
-    return GenerationConfig(
-        max_new_tokens=sampling.max_new_tokens,
-        num_beams=sampling.num_beams,
-        use_cache=True,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [None])[0],
-        eos_token_id=eos or None,
-        **options,
-    )
+Sampling = SamplingSettings
+"""The chat's sampling settings are the serving layer's (Shepherd's defaults); the UI spans :data:`LIMITS`."""
 
 
 def generate_answer(run: ServedRun, name: str, prompt: str, sampling: Sampling, template: bool = True) -> str:
-    """The answer of adapter ``name`` (``base``: none) to ``prompt``, in the run's template unless told not."""
+    """The answer of adapter ``name`` (``base``: none) to ``prompt``, in the run's template unless told not:
+    :func:`fedpeft.serving.sampling.generate`, which checks the name, the settings and the context."""
     if not prompt.strip():
         raise ServingError("the prompt is empty: type a message first")
-    run.check_name(name)
-    tokenizer = run.tokenizer
-    text = run.format_prompt(prompt, template)
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    ids = bos + tokenizer(text, add_special_tokens=False)["input_ids"]
-    context = model_context(run.model)
-    if context is not None and len(ids) + sampling.max_new_tokens > context:
-        raise ServingError(
-            f"the prompt is {len(ids)} tokens and max new tokens is {sampling.max_new_tokens}: together over the "
-            f"model's context of {context} tokens; shorten the prompt or lower max new tokens"
-        )
-    config = _generation_config(sampling, tokenizer, _eos_ids(run.model, tokenizer))
-    with run.use(name) as model, evaluation_mode(model) as device, seeded(sampling.seed, device):
-        input_ids = torch.tensor([ids], device=device)
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
-    if getattr(run.model.config, "is_encoder_decoder", False):
-        return tokenizer.decode(out[0], skip_special_tokens=True)
-    new = out[0, len(ids) :].tolist()
-    # decode(prompt + new) minus decode(prompt): keeps a leading space that decoding the new tokens alone drops
-    head = tokenizer.decode(ids, skip_special_tokens=True)
-    whole = tokenizer.decode(ids + new, skip_special_tokens=True)
-    return whole[len(head) :] if whole.startswith(head) else tokenizer.decode(new, skip_special_tokens=True)
+    return generate(run, name, run.format_prompt(prompt, template), sampling)
+
+
+def settings_from_ui(values: tuple[float, ...]) -> Sampling:
+    """The sliders' values (in :data:`LIMITS` order) as sampling settings, each within its slider's range."""
+    chosen = dict(zip(LIMITS, values, strict=True))
+    for key, value in chosen.items():
+        low, high = LIMITS[key]
+        if value is None or not low <= value <= high:
+            raise ServingError(f"{key}={value}: must be between {low:g} and {high:g}")
+    return sampling_from(chosen, source="chat settings")
 
 
 def _import_gradio() -> Any:
@@ -162,8 +99,7 @@ def make_ui(run: ServedRun, defaults: Sampling | None = None) -> gradio.Blocks:
 
     def ask(name: str, prompt: str, template: bool, *settings: float) -> str:
         try:
-            sampling = Sampling(**dict(zip(LIMITS, settings, strict=True)))
-            return generate_answer(run, name, prompt, sampling, template)
+            return generate_answer(run, name, prompt, settings_from_ui(settings), template)
         except (ServingError, ValueError) as err:
             raise gr.Error(str(err)) from err
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from fedpeft.models.generate import cut_at_stop, evaluation_mode, seeded
+from fedpeft.models.generate import cut_at_stop, decode_continuations, evaluation_mode, seeded
 from fedpeft.serving.adapters import ServedRun, ServingError
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -252,7 +252,9 @@ def generate(run: ServedRun, name: str, prompt: str, settings: SamplingSettings 
     settings = settings or SamplingSettings()
     ids = _prepared(run, name, prompt, settings)
     new = _run_generate(run, name, ids, settings)
-    return cut_at_stop(run.tokenizer.decode(new, skip_special_tokens=True), settings.stop)
+    encoder_decoder = bool(getattr(run.model.config, "is_encoder_decoder", False))
+    (text,) = decode_continuations(run.tokenizer, [ids], torch.tensor([new], dtype=torch.long), encoder_decoder)
+    return cut_at_stop(text, settings.stop)
 
 
 def _held_back(text: str, stop: Sequence[str]) -> int:
