@@ -218,6 +218,23 @@ def test_a_missing_bubblewrap_is_warned_not_silent(monkeypatch):
         assert sandbox.isolation() == "seccomp"
     monkeypatch.setattr(sandbox, "_chosen", [])
     monkeypatch.setitem(sandbox._available, "seccomp", False)
+    monkeypatch.setattr(sandbox, "_can_drop_uid", lambda: True)
+    with pytest.warns(RuntimeWarning, match="resource limits only"):
+        assert sandbox.isolation() == "none"
+
+
+def test_no_isolation_as_root_is_refused_unless_accepted(monkeypatch):
+    from fedpeft.evaluation import sandbox
+
+    monkeypatch.setattr(sandbox, "_chosen", [])
+    monkeypatch.setitem(sandbox._available, "bubblewrap", False)
+    monkeypatch.setitem(sandbox._available, "seccomp", False)
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(sandbox, "_can_drop_uid", lambda: False)
+    monkeypatch.delenv(sandbox.ALLOW_UNISOLATED, raising=False)
+    with pytest.raises(SandboxError, match=r"would run as root with resource limits only .*apt-get install bubblewrap"):
+        sandbox.isolation()
+    monkeypatch.setenv(sandbox.ALLOW_UNISOLATED, "1")
     with pytest.warns(RuntimeWarning, match="resource limits only"):
         assert sandbox.isolation() == "none"
 

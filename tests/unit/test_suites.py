@@ -149,7 +149,10 @@ def test_cli_lists_the_suites_and_scores_the_reference_answers(tmp_path):
         (["--suites", "humaneval", "--limit", "999"], "eval.suite_limit=999 for suite 'humaneval', which has 164"),
         (["--suites", "humaneval", "--k", "1,10"], "pass@10 needs n >= k"),
         ([], "no suites to run: name them with --suites"),
-        (["--suites", "humaneval", "--suite-arg", "humaneval.x=1"], "eval.suite_args.humaneval has ['x'], which suite 'humaneval' does not take"),
+        (
+            ["--suites", "humaneval", "--suite-arg", "humaneval.x=1"],
+            "eval.suite_args.humaneval has ['x'], which suite 'humaneval' does not take",
+        ),
     ],
 )
 def test_cli_refuses_bad_input_with_a_clear_message(tmp_path, args, message):

@@ -47,6 +47,9 @@ ISOLATIONS = ("bubblewrap", "seccomp", "none")
 CLONE_THREAD = 0x00010000
 """clone()'s flag for a new thread (not a process)."""
 
+ALLOW_UNISOLATED = "FEDPEFT_SANDBOX_ALLOW_UNISOLATED"
+"""Set to 1 to let generated code run as root under resource limits alone when no isolation layer works."""
+
 NOBODY = 65534
 """The unprivileged uid/gid samples run as."""
 
@@ -281,6 +284,13 @@ def isolation() -> str:
     if _chosen:
         return _chosen[0]
     chosen = next(name for name in ISOLATIONS if isolation_available(name))
+    if chosen == "none" and os.geteuid() == 0 and not _can_drop_uid() and not os.environ.get(ALLOW_UNISOLATED):
+        raise SandboxError(
+            "neither bubblewrap nor a seccomp filter is available, and generated code would run as root with "
+            f"resource limits only (it could write anywhere and signal any process). Install bubblewrap "
+            f"(apt-get install bubblewrap) or libseccomp2 for pyseccomp; or set {ALLOW_UNISOLATED}=1 to accept it. "
+            f"bubblewrap: {_why_not.get('bubblewrap') or 'not available'}"
+        )
     with _lock:
         if _chosen:
             return _chosen[0]
