@@ -201,7 +201,7 @@ def test_results_keep_their_order_in_parallel(layer):
 
 
 def test_unavailable_layer_is_refused_with_a_clear_message(monkeypatch):
-    from fedpeft.evaluation import sandbox
+    from fedpeft.evaluation import sandbox_layers as sandbox
 
     monkeypatch.setitem(sandbox._available, "seccomp", False)
     with pytest.raises(SandboxError, match="sandbox isolation 'seccomp' is not available here"):
@@ -209,7 +209,7 @@ def test_unavailable_layer_is_refused_with_a_clear_message(monkeypatch):
 
 
 def test_a_missing_bubblewrap_is_warned_not_silent(monkeypatch):
-    from fedpeft.evaluation import sandbox
+    from fedpeft.evaluation import sandbox_layers as sandbox
 
     monkeypatch.setattr(sandbox, "_chosen", [])
     monkeypatch.setitem(sandbox._available, "bubblewrap", False)
@@ -224,7 +224,7 @@ def test_a_missing_bubblewrap_is_warned_not_silent(monkeypatch):
 
 
 def test_no_isolation_as_root_is_refused_unless_accepted(monkeypatch):
-    from fedpeft.evaluation import sandbox
+    from fedpeft.evaluation import sandbox_layers as sandbox
 
     monkeypatch.setattr(sandbox, "_chosen", [])
     monkeypatch.setitem(sandbox._available, "bubblewrap", False)
@@ -262,10 +262,12 @@ def test_bubblewrap_runs_an_interpreter_that_lives_under_tmp(tmp_path):
 
 
 def test_why_bubblewrap_is_unavailable_is_said(monkeypatch):
-    monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: None)
-    monkeypatch.setattr(sandbox_module, "_why_not", {})
-    assert not sandbox_module._probe_bwrap()
-    assert "bwrap is not installed (apt-get install bubblewrap)" in sandbox_module.why_unavailable("bubblewrap")
+    from fedpeft.evaluation import sandbox_layers
+
+    monkeypatch.setattr(sandbox_layers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sandbox_layers, "_why_not", {})
+    assert not sandbox_layers._probe_bwrap()
+    assert "bwrap is not installed (apt-get install bubblewrap)" in sandbox_layers.why_unavailable("bubblewrap")
 
 
 @pytest.mark.parametrize("layer", ISOLATED)
