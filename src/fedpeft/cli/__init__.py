@@ -162,9 +162,20 @@ def compare(
     isolate: Annotated[
         bool, typer.Option(help="Run each entry in its own process, so its peak memory is its own.")
     ] = True,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated seeds (fl.seed: split, sampling, init), e.g. 0,1,2: every entry runs on each; "
+            "the table shows mean ± std and a paired 95% interval against --reference. Default: the recipe's fl.seed."
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="The entry the others are measured against over seeds (default: the first entry)."),
+    ] = None,
 ) -> None:
     """Run several strategies or PEFT methods on one recipe (same split, seed and step budget) and write a
-    table (metric, trainable parameters, MB per round, peak memory, time) and a plot.
+    table (metric, trainable parameters, MB per round, peak memory, time) and a plot; with --seeds, on each seed.
     Without --strategies or --methods: fedavg,local,centralised."""
     from fedpeft.experiment.compare import COMPARE_PLOT, COMPARE_TABLE
     from fedpeft.experiment.compare import compare as run_compare
@@ -173,7 +184,16 @@ def compare(
         if strategies is None and methods is None:
             strategies = "fedavg,local,centralised"
         root, _ = run_compare(
-            recipe, strategies, list(set_ or []), out, quiet=quiet, log=typer.echo, methods=methods, isolate=isolate
+            recipe,
+            strategies,
+            list(set_ or []),
+            out,
+            quiet=quiet,
+            log=typer.echo,
+            methods=methods,
+            isolate=isolate,
+            seeds=seeds,
+            reference=reference,
         )
     typer.echo((root / COMPARE_TABLE).read_text(), nl=False)
     typer.echo(f"table: {root / COMPARE_TABLE}  plot: {root / COMPARE_PLOT}")

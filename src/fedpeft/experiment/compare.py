@@ -16,6 +16,14 @@ peak resident set (which includes Python, torch and the model loader) and, on a 
 
 The comparison directory holds ``runs/`` (one ordinary, resumable run directory per entry),
 ``compare.json``, ``compare.md`` and ``compare.png``.
+
+``seeds`` (``--seeds 0,1,2``) runs every entry on every seed (``fl.seed``: the split, client sampling and init),
+seed by seed, so an interrupted comparison holds whole seeds; run directories are ``runs/<entry>-seed<N>``. The
+table then shows each figure's mean ± sample standard deviation over seeds and, against a reference entry (the
+first unless ``reference`` names another), the mean paired difference of the final metric with its 95% Student-t
+interval (``reporting.stats``); compare.json keeps every per-seed row and the aggregates; the plot draws each
+entry's mean curve with a min..max band. Without ``seeds`` (or with one seed) the files are those of one run per
+entry. Every entry is checked on the first seed only (a setup per seed would load the model once per seed).
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ from fedpeft.experiment.progress import HEADLINE_METRICS
 from fedpeft.fl.strategies import build_strategy
 from fedpeft.models.methods.config_keys import LEGACY_KEYS
 from fedpeft.reporting import run_dir as rd
-from fedpeft.reporting.plots import plot_comparison
+from fedpeft.reporting.compare_table import aggregate_seeds, format_seed_table, format_table, is_suite_score
+from fedpeft.reporting.plots import plot_comparison, plot_comparison_bands
 
 COMPARE_JSON, COMPARE_TABLE, COMPARE_PLOT = "compare.json", "compare.md", "compare.png"
 
@@ -79,11 +88,33 @@ def safe_name(label: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in label)
 
 
-def entry_config(recipe: str, overrides: Sequence[str], entry: Entry, runs_dir: Path) -> RunConfig:
+def parse_seeds(spec: str | Sequence[int]) -> list[int]:
+    """``"0,1,2"`` (or a list of ints) -> distinct non-negative seeds, in the order given."""
+    items = [part.strip() for part in spec.split(",")] if isinstance(spec, str) else list(spec)
+    if not items or items == [""]:
+        raise ConfigError("--seeds is empty; give comma-separated non-negative integers, e.g. --seeds 0,1,2")
+    seeds = []
+    for item in items:
+        try:
+            seed = int(item) if isinstance(item, str) else item
+        except ValueError:
+            seed = None
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"--seeds {spec!r}: {item!r} is not a non-negative integer (e.g. --seeds 0,1,2)")
+        seeds.append(seed)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {spec!r} lists a seed twice: {seeds}")
+    return seeds
+
+
+def entry_config(
+    recipe: str, overrides: Sequence[str], entry: Entry, runs_dir: Path, seed: int | None = None
+) -> RunConfig:
+    """The entry's config; with ``seed`` its ``fl.seed`` and a run directory named after it."""
     strategy = [] if entry.strategy is None else [f"fl.strategy={entry.strategy}", "fl.strategy_args={}"]
-    return load_config(
-        recipe, [*overrides, *strategy, *entry.overrides, f"output.dir={runs_dir / safe_name(entry.label)}"]
-    )
+    name = safe_name(entry.label) if seed is None else f"{safe_name(entry.label)}-seed{seed}"
+    seeded = [] if seed is None else [f"fl.seed={seed}"]
+    return load_config(recipe, [*overrides, *strategy, *entry.overrides, *seeded, f"output.dir={runs_dir / name}"])
 
 
 def _data_key(config: RunConfig) -> str:
@@ -123,12 +154,6 @@ def headline_metric(evaluation: dict[str, Any]) -> str:
     return "loss"
 
 
-def is_suite_score(key: str) -> bool:
-    """A code-evaluation suite's headline figure in an eval record (``humaneval/pass@1``, ``defect-yesno/accuracy``)."""
-    suite, _, figure = key.partition("/")
-    return bool(suite) and (figure.startswith("pass@") or figure == "accuracy")
-
-
 def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:
     """One table row from a finished run directory."""
     log = rd.MetricsLog(run_dir / rd.METRICS_FILE).read()
@@ -159,29 +184,6 @@ def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:
         "seconds": summary["rounds_seconds"],
         "curve": [(r["round"], r["eval"][metric]) for r in rounds],
     }
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    metric = rows[0]["metric"]
-    gpu = any(r.get("peak_gpu_mb") is not None for r in rows)
-    suites = sorted({k for r in rows for k in r.get("suites", {})})
-    header = (
-        f"| entry | final {metric} | best {metric} | final test loss | mean client-val {metric} | trainable "
-        f"(% of model) | MB per round | peak RSS MB |{' peak GPU MB |' if gpu else ''} seconds |"
-        + "".join(f" {k} |" for k in suites)
-    )
-    lines = [header, "|" + " --- |" * header.count(" |")]
-    for r in rows:
-        client = "-" if r["client_val"] is None else f"{r['client_val']:.4f}"
-        rss = "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:,.0f}"
-        gpu_cell = f" {'-' if r.get('peak_gpu_mb') is None else format(r['peak_gpu_mb'], ',.0f')} |" if gpu else ""
-        lines.append(
-            f"| {r['strategy']} | {r['final']:.4f} | {r['best']:.4f} | {r['final_loss']:.4f} | {client} | "
-            f"{r['trainable']:,} ({r['trainable_percent']:.3g}%) | {r['megabytes_per_round']:.2f} | {rss} |"
-            f"{gpu_cell} {r['seconds']:.1f} |"
-            + "".join(f" {r.get('suites', {}).get(k, float('nan')):.4f} |" for k in suites)
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _entry_process(config: dict[str, Any], quiet: bool, conn) -> None:
@@ -227,6 +229,43 @@ def run_isolated(config: RunConfig, quiet: bool) -> Path:
     return Path(text)
 
 
+def _seed_curves(rows: list[dict[str, Any]]) -> dict[str, list[list[tuple[int, float]]]]:
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for r in rows:
+        curves.setdefault(r["strategy"], []).append(r["curve"])
+    return curves
+
+
+def _write_results(
+    root: Path,
+    recipe: str,
+    overrides: Sequence[str],
+    rows: list[dict[str, Any]],
+    seeds: list[int] | None,
+    reference: str,
+) -> None:
+    """compare.json, compare.md and compare.png for the rows so far (one run per entry, or several seeds)."""
+    if seeds is None:
+        rd.write_json(root / COMPARE_JSON, {"recipe": recipe, "overrides": list(overrides), "rows": rows})
+        (root / COMPARE_TABLE).write_text(format_table(rows))
+        plot_comparison({r["strategy"]: r["curve"] for r in rows}, rows[0]["metric"], root / COMPARE_PLOT)
+        return
+    aggregates = aggregate_seeds(rows, reference)
+    rd.write_json(
+        root / COMPARE_JSON,
+        {
+            "recipe": recipe,
+            "overrides": list(overrides),
+            "seeds": seeds,
+            "reference": reference,
+            "rows": rows,
+            "aggregates": aggregates,
+        },
+    )
+    (root / COMPARE_TABLE).write_text(format_seed_table(aggregates, reference, seeds))
+    plot_comparison_bands(_seed_curves(rows), rows[0]["metric"], root / COMPARE_PLOT)
+
+
 def compare(
     recipe: str,
     strategies: str | None = None,
@@ -236,35 +275,50 @@ def compare(
     log: Callable[[str], None] = print,
     methods: str | None = None,
     isolate: bool = False,
+    seeds: str | Sequence[int] | None = None,
+    reference: str | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Run every entry of ``strategies`` or of ``methods`` (one of the two) on ``recipe`` and write the
-    comparison; returns (directory, rows). ``isolate`` runs each entry in its own process."""
+    comparison; returns (directory, rows: one per run, with its ``seed`` when there are several seeds).
+    ``isolate`` runs each entry in its own process; ``seeds`` runs every entry on each seed; ``reference`` is
+    the entry the others are measured against over seeds (default: the first)."""
     from fedpeft.experiment.run import run_experiment
 
     if (strategies is None) == (methods is None):
         raise ConfigError("compare takes either --strategies or --methods (one list of entries)")
     entries = parse_entries(strategies) if methods is None else parse_entries(methods, "methods")
+    labels = [e.label for e in entries]
+    if reference is not None and reference not in labels:
+        raise ConfigError(f"--reference {reference!r} is not one of the entries: {', '.join(labels)}")
+    reference = reference or labels[0]
+    seed_list = None if seeds is None else parse_seeds(seeds)
     fixed = [o for o in overrides if o.partition("=")[0].strip().startswith("fl.strategy")]
     if fixed and methods is None:
         raise ConfigError(
             f"--set {fixed[0]!r}: each compare entry names its strategy and settings; write them into "
             "--strategies as name:key=value (e.g. fedprox:mu=0.1)"
         )
+    seeded = [o for e in entries for o in (*overrides, *e.overrides) if o.partition("=")[0].strip() == "fl.seed"]
+    if seed_list is not None and seeded:
+        raise ConfigError(f"{seeded[0]!r}: --seeds sets fl.seed for every run; drop the fl.seed override")
+    if seed_list is not None and len(seed_list) == 1:  # one seed: the files of one run per entry
+        overrides, seed_list = [*overrides, f"fl.seed={seed_list[0]}"], None
     base = load_config(recipe, list(overrides))
+    first = None if seed_list is None else seed_list[0]
     # Checked before the comparison directory exists, so bad input leaves nothing behind.
-    preflight({e.label: entry_config(recipe, overrides, e, Path(base.output.dir)) for e in entries})
+    preflight({e.label: entry_config(recipe, overrides, e, Path(base.output.dir), first) for e in entries})
     root = Path(out) if out else rd.new_run_dir(Path(base.output.dir), f"compare-{Path(recipe).stem}")
     runs_dir = root / "runs"
-    configs = {e.label: entry_config(recipe, overrides, e, runs_dir) for e in entries}
-    rows = []
-    for label, config in configs.items():
+    # Seed by seed, so that an interrupted comparison holds every entry on the seeds it finished.
+    runs = [(e, s) for s in (seed_list or [None]) for e in entries]
+    rows: list[dict[str, Any]] = []
+    for entry, seed in runs:
+        config = entry_config(recipe, overrides, entry, runs_dir, seed)
         started = time.perf_counter()
-        log(f"[{len(rows) + 1}/{len(configs)}] {label}")
+        log(f"[{len(rows) + 1}/{len(runs)}] {entry.label}" + ("" if seed is None else f" (seed {seed})"))
         run_dir = run_isolated(config, quiet) if isolate else run_experiment(config, quiet=quiet)[0]
-        rows.append(summarise_run(label, run_dir))
+        rows.append(summarise_run(entry.label, run_dir) | ({} if seed is None else {"seed": seed}))
         log(f"    {rows[-1]['metric']} {rows[-1]['final']:.4f} in {time.perf_counter() - started:.0f} s -> {run_dir}")
-        # Written after every entry, so an interrupted comparison keeps the table of what finished.
-        rd.write_json(root / COMPARE_JSON, {"recipe": recipe, "overrides": list(overrides), "rows": rows})
-        (root / COMPARE_TABLE).write_text(format_table(rows))
-        plot_comparison({r["strategy"]: r["curve"] for r in rows}, rows[0]["metric"], root / COMPARE_PLOT)
+        # Written after every run, so an interrupted comparison keeps the table of what finished.
+        _write_results(root, recipe, overrides, rows, seed_list, reference)
     return root, rows

@@ -52,6 +52,39 @@ def plot_comparison(curves: dict[str, list[tuple[int, float]]], metric: str, pat
     plt.close(fig)
 
 
+def seed_band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Rounds every seed evaluated, with the mean, min and max of the metric over seeds at each."""
+    shared = sorted(set.intersection(*(set(dict(c)) for c in curves)))
+    values = [[dict(c)[rnd] for c in curves] for rnd in shared]
+    return shared, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def plot_comparison_bands(curves: dict[str, list[list[tuple[int, float]]]], metric: str, path: Path) -> None:
+    """One line per entry: the mean over seeds of the test metric after each round, in a band from the lowest
+    to the highest seed (min..max, not a confidence band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, seed_curves in curves.items():
+        rounds, centre, low, high = seed_band(seed_curves)
+        (line,) = ax.plot(rounds, centre, marker="o", markersize=3, label=f"{label} ({len(seed_curves)} seeds)")
+        if len(seed_curves) > 1:
+            ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title("mean over seeds; band: min..max over seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_mixing_matrix(weights: list[list[float]], clients: list[int], rnd: int, path: Path) -> None:
     """A personalised round's mixing matrix W: row i is what client i's next model takes from each client."""
     import matplotlib
