@@ -145,6 +145,8 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _suites(self) -> EvalConfig:
+        if not self.suites and not self.suite_args:
+            return self  # the suites' registry (and the generation code it imports) is loaded only when used
         from fedpeft.evaluation.passk import check_ks
         from fedpeft.evaluation.suites import SUITES
         from fedpeft.registry import parse_settings

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 from fedpeft.errors import FedpeftError
 from fedpeft.evaluation.passk import check_ks, pass_at_k
 from fedpeft.evaluation.sandbox import SandboxLimits, run_programs
+from fedpeft.models.generate import cut_at_stop
 from fedpeft.registry import NoSettings
 
 PROMPT_FORMATS = ("plain", "alpaca", "question-answer")
@@ -204,14 +205,8 @@ def reference_answer(problem: Problem, answers: str) -> str:
     return "Yes." if problem.answer else "No."
 
 
-def cut(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to its first stop sequence."""
-    end = len(text)
-    for s in stop:
-        at = text.find(s)
-        if at != -1:
-            end = min(end, at)
-    return text[:end]
+cut = cut_at_stop
+"""``text`` up to its first stop sequence (generation's own cut, so a suite cuts exactly as the generator does)."""
 
 
 def answer_of(text: str) -> bool | None:
