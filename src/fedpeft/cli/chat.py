@@ -24,7 +24,7 @@ DEFAULT_HOST = "127.0.0.1"
 
 def chat_host(host: str | None) -> str:
     """The address to bind: ``--host`` if given, else loopback; refuses a wider ``GRADIO_SERVER_NAME``."""
-    from fedpeft.serving.chat import is_loopback
+    from fedpeft.serving.adapters import is_loopback
 
     if host is not None:
         return host
@@ -48,8 +48,8 @@ def chat(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or auto (default: the run's).")] = None,
 ) -> None:
     """A chat UI (Gradio) over the run's global or per-client adapters and the base model, side by side too."""
-    from fedpeft.serving.adapters import load_run
-    from fedpeft.serving.chat import is_loopback, launch_ui
+    from fedpeft.serving.adapters import is_loopback, load_run
+    from fedpeft.serving.chat import launch_ui
 
     with _reported():
         bind = chat_host(host)

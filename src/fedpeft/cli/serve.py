@@ -32,7 +32,6 @@ from fedpeft.cli import _reported, app
 ENGINES = ("transformers", "vllm")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The values vLLM's ``--max-lora-rank`` takes."""
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def vllm_chat_template(task: str, template: str) -> str:
@@ -137,7 +136,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve every adapter of a run (global or client-N, and base) behind an OpenAI-compatible API."""
-    from fedpeft.serving.adapters import ServingError
+    from fedpeft.serving.adapters import ServingError, is_loopback
     from fedpeft.serving.api import bind_socket
 
     with _reported():
@@ -145,7 +144,7 @@ def serve(
             raise ServingError(f"--engine {engine!r}: valid: {', '.join(ENGINES)}")
         if not 0 <= port <= 65535:
             raise ServingError(f"--port {port}: must be in 0..65535")
-        if host not in LOOPBACK and not api_key:
+        if not is_loopback(host) and not api_key:
             typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
         if engine == "vllm":
             command = vllm_command(run_dir, host, port, api_key)

@@ -219,20 +219,26 @@ def _generate(
     return results, generated
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+"""Config attributes that give a model's context length, in the order they are looked up."""
+
+
 def context_length(model: Any) -> int | None:
-    """The longest sequence a decoder's positions cover (``max_position_embeddings``), None if it says none."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        return None
-    value = getattr(model.config, "max_position_embeddings", None)
-    return int(value) if isinstance(value, int) and value > 0 else None
+    """The longest sequence the model's positions cover (None when its config does not say)."""
+    config = getattr(model, "config", None)
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def fit_context(model: Any, ids: list[list[int]], keep_head: int, max_new_tokens: int) -> list[list[int]]:
     """Each prompt cut from the left (its first ``keep_head`` tokens, the BOS, kept) so that prompt plus
     ``max_new_tokens`` fits the model's context: the end of a prompt, where the answer starts, matters most.
     Positions past the context are what the model never saw in training."""
-    limit = context_length(model)
-    if limit is None:
+    limit = None if getattr(model.config, "is_encoder_decoder", False) else context_length(model)
+    if limit is None:  # an encoder-decoder's prompt goes to the encoder, not the decoder's positions
         return ids
     room = limit - max_new_tokens
     if room <= keep_head:

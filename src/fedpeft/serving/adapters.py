@@ -40,6 +40,15 @@ BOTTLENECK_METHODS = ("adapter_h", "adapter_p", "parallel")
 """fedpeft's own bottleneck adapters (models/bottleneck.py), which peft cannot load."""
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""Hosts that only this machine reaches."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach a server bound to ``host`` (the HTTP server's and the chat UI's)."""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
 class ServingError(FedpeftError, ValueError):
     """A run, adapter or request that cannot be served, with what would be valid."""
 

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from fedpeft.models.generate import context_length as model_context_length
 from fedpeft.models.generate import cut_at_stop, evaluation_mode, seeded
 from fedpeft.serving.adapters import ServedRun, ServingError
 
@@ -119,11 +120,9 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
 def context_length(model: Any, tokenizer: Any) -> int | None:
     """The most tokens (prompt plus generated) the model takes, from its config, else the tokenizer's limit
     where it names one; None where neither says."""
-    config = model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
+    from_config = model_context_length(model)
+    if from_config is not None:
+        return from_config
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and limit < 10**6 else None
 

@@ -33,8 +33,6 @@ from fedpeft.serving.sampling import SamplingSettings, generate, sampling_from
 if TYPE_CHECKING:
     import gradio
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-"""Hosts that only this machine reaches."""
 
 LIMITS: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
@@ -151,11 +149,6 @@ def _setting(gr: Any, key: str, label: str, defaults: Sampling, step: float) -> 
     low, high = LIMITS[key]
     value = asdict(defaults)[key]
     return gr.Slider(low, high, value=value, step=step, label=label, elem_id=f"fedpeft-{key.replace('_', '-')}")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether only this machine can reach a server bound to ``host``."""
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def launch_ui(

@@ -39,11 +39,8 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from fedpeft.models.generate import cut_at_stop, decode_continuations, evaluation_mode, seeded
+from fedpeft.models.generate import context_length, cut_at_stop, decode_continuations, evaluation_mode, seeded
 from fedpeft.serving.adapters import ServedRun, ServingError
-
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-"""Config attributes that give a model's context length, in the order they are looked up."""
 
 
 @dataclass(frozen=True)
@@ -126,16 +123,6 @@ def sampling_from(
         return replace(base, **chosen)
     except ServingError as err:
         raise ServingError(str(err).replace("sampling settings", source, 1)) from None
-
-
-def context_length(model: Any) -> int | None:
-    """The longest sequence the model's positions cover (None when its config does not say)."""
-    config = getattr(model, "config", None)
-    for key in CONTEXT_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def check_context(model: Any, tokenizer: Any, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
