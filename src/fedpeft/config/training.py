@@ -215,3 +215,18 @@ class FlowerConfig(Section):
 class OutputConfig(Section):
     dir: str = Field("runs", max_length=PATH_MAX, description="Parent directory of run directories.")
     keep_checkpoints: int = Field(2, gt=0, description="Round checkpoints kept (the newest); older are deleted.")
+    loggers: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers that get every numeric field of metrics.jsonl, the round as the step, and "
+        "the config once: any of tensorboard (RUN_DIR/tensorboard), wandb (offline unless WANDB_MODE says otherwise; "
+        "RUN_DIR/wandb) and mlflow (MLFLOW_TRACKING_URI, else RUN_DIR/mlruns). Needs pip install 'fedpeft[trackers]'; "
+        "a resumed run continues each tracker's run (ids in RUN_DIR/trackers.json).",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _known_loggers(cls, names: list[str]) -> list[str]:
+        from fedpeft.reporting.trackers import check_names  # the trackers' libraries load only when a run opens them
+
+        check_names(names)
+        return names

@@ -27,6 +27,7 @@ from fedpeft.fl.strategies import ServerContext, Strategy, build_strategy
 from fedpeft.models.base import GENERATIVE_HEADS
 from fedpeft.models.heads import check_packing_isolates
 from fedpeft.models.state import trainable_parameters
+from fedpeft.reporting.trackers import check_installed
 from fedpeft.runtime.base import launcher
 
 
@@ -42,6 +43,7 @@ def as_config_error() -> Iterator[None]:
 def setup_checks(config: RunConfig) -> Strategy:
     """The checks that need nothing loaded: the strategy, its settings and round size, and whether it can
     run on the chosen runtime. Returns the strategy."""
+    check_installed(config.output.loggers)  # before a deployment submits the job, not inside its ServerApp
     with as_config_error():
         strategy = build_strategy(config.fl.strategy, config.fl.strategy_args)
         strategy.check_round_size(clients_per_round(config.fl.clients, config.fl.fraction))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from fedpeft.models.state import set_trainable_state
 from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.plots import plot_losses, plot_mixing_matrix, plot_partition_heatmap
+from fedpeft.reporting.trackers import check_installed, open_trackers
 from fedpeft.runtime.base import Launch, RunResult, Runtime, launcher
 
 
@@ -106,6 +108,7 @@ def run_here(
     if torch.cuda.is_initialized():  # the summary's peak GPU memory is this run's
         torch.cuda.reset_peak_memory_stats()
     progress = RunProgress(quiet=quiet)
+    check_installed(config.output.loggers)  # a missing tracker package is found before anything loads
     if resume_dir is None:
         rd.check_output_dir(Path(config.output.dir))
     # The run directory is created only once setup has passed every check, so bad input leaves nothing; a
@@ -130,7 +133,9 @@ def run_here(
     if resume_dir is not None:
         resume.sync_log_to_checkpoints(state)
         progress.message(f"resuming after round {state.completed_round} of {config.fl.rounds}")
+    resumed_after = state.completed_round if resume_dir is not None else None
     try:
+        state.trackers = open_trackers(config.output.loggers, run_dir, config.model_dump(mode="json"), resumed_after)
         with progress:
             fit(state, progress)
     except KeyboardInterrupt:
@@ -151,6 +156,10 @@ def run_here(
         raise
     finally:
         state.runtime.close()
+        error = sys.exc_info()[1]
+        state.trackers.close(
+            "completed" if error is None else "interrupted" if isinstance(error, RunInterrupted) else "failed"
+        )
     summary = finish(state, "completed", started)
     progress.message(f"adapter: {summary['adapter']}")
     return run_dir, summary

@@ -31,6 +31,7 @@ from fedpeft.models.base import ModelLoadError, enable_gradient_checkpointing, l
 from fedpeft.models.methods import PeftSpec, apply_peft
 from fedpeft.models.state import get_trainable_state, set_trainable_state
 from fedpeft.reporting import run_dir as rd
+from fedpeft.reporting.trackers import TrackerSet
 from fedpeft.runtime.base import Runtime
 from fedpeft.runtime.local import LocalRuntime
 from fedpeft.seeding import numpy_rng, torch_rng_scope
@@ -64,10 +65,12 @@ class RunState:
     merged: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     """``lora_aggregation=stack``: per round, the stacked (B, A) per LoRA pair merged into the base."""
     completed_round: int = 0
+    trackers: TrackerSet = field(default_factory=TrackerSet)
+    """``output.loggers``, once the run directory exists: every record appended to the log goes to them too."""
 
     @property
     def log(self) -> rd.MetricsLog:
-        return rd.MetricsLog(self.run_dir / rd.METRICS_FILE)
+        return rd.MetricsLog(self.run_dir / rd.METRICS_FILE, self.trackers)
 
 
 def peft_spec(config: RunConfig) -> PeftSpec:
@@ -128,6 +131,7 @@ def build_data(config: RunConfig, tokenizer, rows: list | FileFederationRows | N
         server_fraction=d.server_fraction,
         server_split=d.server_split,
         rows=rows,
+        partition_key=d.partition_key,
     )
 
 

@@ -6,10 +6,13 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedpeft.errors import FedpeftError
 from fedpeft.paths import atomic_write_text
+
+if TYPE_CHECKING:
+    from fedpeft.reporting.trackers import TrackerSet
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -68,14 +71,18 @@ def read_json(path: Path) -> Any:
 
 class MetricsLog:
     """Append-only JSON Lines, flushed per record. Records carry ``round``; on resume, records of rounds
-    after the last checkpoint (an interrupted round) are dropped so the log matches the state."""
+    after the last checkpoint (an interrupted round) are dropped so the log matches the state. ``trackers``
+    (``output.loggers``) get each record once it is in the file."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, trackers: TrackerSet | None = None):
         self.path = path
+        self.trackers = trackers
 
     def append(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log_record(record)
 
     def read(self) -> list[dict[str, Any]]:
         """All records; a torn last line (the process was killed mid-write) is skipped, not fatal. Anything
