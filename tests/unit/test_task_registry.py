@@ -184,8 +184,6 @@ def test_an_unknown_task_is_named_with_every_valid_one():
     with pytest.raises(ConfigError, match=r"data.task: must be ") as err:
         load_config("default", ["data.task=nope"])
     assert all(repr(name) in str(err.value) for name in TASKS.names())
-    with pytest.raises(ValueError, match="data.task='text_classification' has no built-in stdlib version"):
-        rows_for_task("text_classification", [], "alpaca")
 
 
 @pytest.mark.parametrize("name", TASKS.names())

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from fedpeft.config.recipes import list_recipes, load_config
+from fedpeft.config.recipes import load_config, with_offline
 from fedpeft.errors import FedpeftError
 
 INTERRUPTED = 130
@@ -34,11 +34,27 @@ def _reported(interrupted: str = "") -> Iterator[None]:
         _fail(f"{err}{interrupted}" if err.exit_code == INTERRUPTED else str(err), code=err.exit_code)
 
 
+OfflineOption = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        help="Use the recipe's offline variant (RECIPE@offline): built-in stand-in model and data, no hub access.",
+    ),
+]
+
+
 @app.command()
 def recipes() -> None:
-    """List the shipped recipes."""
-    for name, description in list_recipes().items():
-        typer.echo(f"{name:<16} {description}")
+    """List the shipped recipes, grouped by the seed system each reproduces, with their variants
+    (run one as RECIPE@variant; --offline adds @offline)."""
+    from fedpeft.config.recipes import recipe_groups
+
+    for title, rows in recipe_groups().items():
+        typer.echo(title)
+        width = max(len(name) for name, _, _ in rows)
+        for name, description, variants in rows:
+            shown = f"  [@{' @'.join(variants)}]" if variants else ""
+            typer.echo(f"  {name:<{width}}  {description}{shown}")
 
 
 def _list_parts(rows: list[tuple[str, str, list[tuple[str, object, str]]]], width: int = 14) -> None:
@@ -93,12 +109,13 @@ def runtimes() -> None:
 def show_config(
     recipe: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")] = "default",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
+    offline: OfflineOption = False,
 ) -> None:
     """Print the fully resolved configuration of a recipe plus overrides, as YAML."""
     from fedpeft.config.recipes import dump_config
 
     with _reported():
-        typer.echo(dump_config(load_config(recipe, list(set_ or []))), nl=False)
+        typer.echo(dump_config(load_config(with_offline(recipe, offline), list(set_ or []))), nl=False)
 
 
 @app.command()
@@ -113,6 +130,7 @@ def run(
         Path | None, typer.Option(help="Continue the run in this directory after its last complete round.")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+    offline: OfflineOption = False,
 ) -> None:
     """Run a federated fine-tuning job."""
     from fedpeft.experiment.run import run_experiment
@@ -127,7 +145,8 @@ def run(
                 resume_dir=resume, overrides=overrides, quiet=quiet, client_fault=fault_drill
             )
         else:
-            run_dir, summary = run_experiment(load_config(recipe, overrides), quiet=quiet, client_fault=fault_drill)
+            config = load_config(with_offline(recipe, offline), overrides)
+            run_dir, summary = run_experiment(config, quiet=quiet, client_fault=fault_drill)
     final = summary["final_eval"] or {}
     typer.echo(
         f"done: {summary['rounds_completed']} rounds, eval loss {final.get('loss', float('nan')):.4f}, "
@@ -173,18 +192,23 @@ def compare(
         str | None,
         typer.Option(help="The entry the others are measured against over seeds (default: the first entry)."),
     ] = None,
+    offline: OfflineOption = False,
 ) -> None:
     """Run several strategies or PEFT methods on one recipe (same split, seed and step budget) and write a
     table (metric, trainable parameters, MB per round, peak memory, time) and a plot; with --seeds, on each seed.
-    Without --strategies or --methods: fedavg,local,centralised."""
+    Without --strategies or --methods: the recipe's own baselines (`compare:` in its YAML), else
+    fedavg,local,centralised."""
+    from fedpeft.config.recipes import recipe_compare_entries
     from fedpeft.experiment.compare import COMPARE_PLOT, COMPARE_TABLE
     from fedpeft.experiment.compare import compare as run_compare
 
     with _reported(interrupted="; finished entries are in the comparison table"):
         if strategies is None and methods is None:
-            strategies = "fedavg,local,centralised"
+            kind, entries = recipe_compare_entries(recipe) or ("strategies", "fedavg,local,centralised")
+            strategies, methods = (entries, None) if kind == "strategies" else (None, entries)
+            typer.echo(f"entries ({kind}): {entries}")
         root, _ = run_compare(
-            recipe,
+            with_offline(recipe, offline),
             strategies,
             list(set_ or []),
             out,
@@ -218,12 +242,13 @@ def partition(
     recipe: Annotated[str, typer.Argument(help="Recipe name or path to a YAML file.")] = "default",
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key (repeatable).")] = None,
     png: Annotated[Path, typer.Option(help="Where to write the clients x categories heatmap.")] = Path("partition.png"),
+    offline: OfflineOption = False,
 ) -> None:
     """Show how a recipe splits its data: a clients x categories table and a heatmap PNG."""
     from fedpeft.experiment.partition_report import partition_report
 
     with _reported():
-        partition_report(load_config(recipe, list(set_ or [])), png)
+        partition_report(load_config(with_offline(recipe, offline), list(set_ or [])), png)
 
 
 @app.command()
@@ -243,8 +268,9 @@ def pretrain(
     from fedpeft.experiment.pretrain import pretrain as run_pretrain
     from fedpeft.models.builtin import BUILTIN_SIZES, pretrained_dir
 
-    if size not in BUILTIN_SIZES:
-        _fail(f"unknown --size {size!r}; valid: {', '.join(BUILTIN_SIZES)}")
+    sizes = [name for name, spec in BUILTIN_SIZES.items() if spec.family == "llama"]
+    if size not in sizes:
+        _fail(f"unknown --size {size!r}; valid: {', '.join(sizes)}")
     args = PretrainArgs(
         size=size,
         steps=steps,

@@ -1,5 +1,17 @@
 """Recipes are YAML files shipped in ``fedpeft/config/recipes``; a run's config is a recipe plus
-``--set a.b=c`` overrides, validated into a :class:`RunConfig`."""
+``--set a.b=c`` overrides, validated into a :class:`RunConfig`.
+
+A recipe may declare, beside its sections:
+- ``variants``: named sets of ``dotted.key: value`` overrides, chosen by suffixing the name (``RECIPE@label``,
+  several as ``RECIPE@label@offline``). ``offline`` is the variant that maps a recipe's hub model and data to
+  the built-in world (``--offline`` on the commands that take a recipe adds it).
+- ``compare``: the entries ``fedpeft compare RECIPE`` runs when given none (``strategies: fedavg,...`` or
+  ``methods: lora,...``), the seed's own baselines.
+- ``extends``: a shipped recipe this one starts from; its sections (and variants) are merged key by key,
+  this recipe's values winning (a null removes a key), so a family of recipes (one per task, one per PEFT
+  method) states only what differs.
+The seed recipes are named ``s<N>-...`` after the systems in SEEDS.md; ``fedpeft recipes`` groups them.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +36,19 @@ def _recipe_files() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
 
 
+SEED_SYSTEMS = {
+    "s0": "S0 collaborative software learning: CodeXGLUE tasks on Flower",
+    "s1": "S1 FedKD-LoRA: knowledge distillation plus LoRA on GLUE",
+    "s2": "S2 Astraios: PEFT methods on a code LLM, judged by execution",
+    "s3": "S3 personalised trust-weighted aggregation",
+    "s4": "S4 Shepherd / FedIT: federated instruction tuning",
+}
+"""Recipe name prefix -> the seed system it reproduces (``../shared/SEEDS.md``), for ``fedpeft recipes``."""
+RECIPE_META = ("variants", "compare", "extends")
+"""Top-level recipe keys that describe the recipe rather than configure a run."""
+OFFLINE = "offline"
+
+
 def list_recipes() -> dict[str, str]:
     """Recipe name -> its one-line description (the YAML's leading comment)."""
     out = {}
@@ -33,8 +58,90 @@ def list_recipes() -> dict[str, str]:
     return out
 
 
+def recipe_groups() -> dict[str, list[tuple[str, str, list[str]]]]:
+    """Group title -> (recipe, description, variant names) for every shipped recipe: the seed systems in
+    order, then the rest under "fedpeft"."""
+    groups: dict[str, list[tuple[str, str, list[str]]]] = {title: [] for title in SEED_SYSTEMS.values()}
+    groups["fedpeft's own"] = []
+    for name, description in list_recipes().items():
+        variants = list(_raw_recipe(name).get("variants") or {})
+        title = SEED_SYSTEMS.get(name.split("-", 1)[0], "fedpeft's own")
+        groups[title].append((name, description, variants))
+    return {title: rows for title, rows in groups.items() if rows}
+
+
+def with_offline(recipe: str, offline: bool) -> str:
+    """``recipe`` with the ``@offline`` variant added when ``offline`` (once)."""
+    return recipe if not offline or OFFLINE in recipe.split("@")[1:] else f"{recipe}@{OFFLINE}"
+
+
+def recipe_compare_entries(recipe: str) -> tuple[str, str] | None:
+    """A recipe's own compare entries as (``strategies`` or ``methods``, comma-separated entries), or None."""
+    spec = _raw_recipe(recipe.split("@")[0]).get("compare")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("strategies", "methods"):
+        raise ConfigError(f"recipe {recipe!r}: compare must be one of {{strategies: ...}} or {{methods: ...}}")
+    kind, entries = next(iter(spec.items()))
+    return kind, entries if isinstance(entries, str) else ",".join(map(str, entries))
+
+
 def read_recipe(recipe: str) -> dict[str, Any]:
-    """The raw mapping of a shipped recipe name or a path to a YAML file."""
+    """The mapping of a shipped recipe name or a path to a YAML file, with the variants its name selects
+    (``NAME@variant@...``) applied and the recipe's own metadata (variants, compare) removed."""
+    name, *chosen = recipe.split("@")
+    data = _raw_recipe(name)
+    declared = data.pop("variants", None) or {}
+    data.pop("compare", None)
+    data.pop("extends", None)
+    if not isinstance(declared, dict):
+        raise ConfigError(f"recipe {name!r}: variants must be a mapping of name -> {{key: value}}")
+    for variant in chosen:
+        if variant not in declared:
+            valid = ", ".join(declared) or "none"
+            raise ConfigError(f"recipe {name!r} has no variant {variant!r}; its variants: {valid}")
+        for key, value in (declared[variant] or {}).items():
+            set_key(data, str(key), value)
+    data.setdefault("recipe", "@".join([Path(name).stem, *chosen]))
+    return data
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged onto ``base``: mappings merge key by key, a null removes the key (so the
+    default applies, or a parent's variant is dropped), anything else is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _raw_recipe(recipe: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of a shipped recipe name or a path to a YAML file, merged over the recipe it
+    ``extends`` (a shipped recipe name)."""
+    data = _recipe_file_mapping(recipe)
+    parent = data.get("extends")
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or parent not in _recipe_files():
+        raise ConfigError(
+            f"recipe {recipe!r}: extends must name a shipped recipe, got {_shown(parent)}; "
+            f"valid: {', '.join(sorted(_recipe_files()))}"
+        )
+    if parent in seen or parent == recipe:
+        raise ConfigError(f"recipe {recipe!r}: extends forms a cycle ({' -> '.join([*seen, recipe, parent])})")
+    merged = _merged(_raw_recipe(parent, (*seen, recipe)), data)
+    if "recipe" not in data:
+        merged.pop("recipe", None)  # a child is its own recipe, not its parent's
+    return merged
+
+
+def _recipe_file_mapping(recipe: str) -> dict[str, Any]:
+    """The YAML mapping of a shipped recipe name or a path to a YAML file, as written."""
     files = _recipe_files()
     if recipe in files:
         path = files[recipe]
@@ -49,9 +156,7 @@ def read_recipe(recipe: str) -> dict[str, Any]:
         raise ConfigError(
             f"unknown recipe {recipe!r}; valid recipes: {', '.join(sorted(files))} (or a path to a .yaml file)"
         )
-    data = read_yaml_mapping(path, "recipe")
-    data.setdefault("recipe", Path(recipe).stem)
-    return data
+    return read_yaml_mapping(path, "recipe")
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
@@ -82,18 +187,24 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value (e.g. fl.rounds=3), got {_shown(item)}")
-        parts = key.strip().split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
-            node = child
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {key}: cannot parse value {_shown(raw)}: {err}") from None
+        set_key(data, key.strip(), value, "--set ")
     return data
+
+
+def set_key(data: dict[str, Any], key: str, value: Any, where: str = "") -> None:
+    """Set ``value`` at dotted ``key`` in a nested mapping, creating sections on the way."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}{key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def _section_model(loc: Sequence[Any]) -> type[BaseModel] | None:

@@ -179,6 +179,11 @@ class DataConfig(Section):
         "iid",
         description="; ".join(f"{name}: {summary_of(PARTITIONS.get(name))}" for name in PARTITIONS.names()) + ".",
     )
+    partition_key: Literal["category", "label"] = Field(
+        "category",
+        description="What data.partition groups rows by: category (the module, project or Dolly category) or label "
+        "(the class of a classification task: S0's label-imbalanced split is partition=dirichlet by label).",
+    )
     shards_per_client: int = Field(2, gt=0, description="Shards each client receives with partition=shards.")
     dirichlet_alpha: float = Field(0.5, gt=0, description="Concentration for partition=dirichlet (small = skewed).")
     quantity_range: tuple[float, float] = Field(
@@ -187,7 +192,11 @@ class DataConfig(Section):
     min_client_size: int = Field(1, ge=1, description="Fewest rows a client may hold; a split below it is an error.")
     max_length: int = Field(256, gt=8, description="Token cutoff per example (prompt + response).")
     train_on_inputs: bool = Field(False, description="Also compute the loss on prompt tokens (false masks them).")
-    template: Literal["alpaca"] = Field("alpaca", description="Prompt template.")
+    template: Literal["alpaca", "question-answer"] = Field(
+        "alpaca",
+        description="Prompt template: alpaca (Shepherd/FedIT) or question-answer (Astraios: "
+        "'Question: {instruction}\\n\\nAnswer:\\n{response}').",
+    )
     server_fraction: float = Field(
         0.0,
         ge=0.0,

@@ -137,6 +137,7 @@ def build_federated_data(
     server_fraction: float = 0.0,
     server_split: str = "held_out",
     rows: list | None = None,
+    partition_key: str = "category",
 ) -> FederatedData:
     """Global test rows come from the corpus 'test' split (never seen in pretraining); client rows from
     'train'. ``max_rows`` caps the client pool; ``test_size`` the test rows. For retrieval tasks,
@@ -188,7 +189,12 @@ def build_federated_data(
             f"that do not fit data.max_length={max_length}); use at most {len(pool)} clients or more "
             f"rows (data.max_rows, data.modules)"
         )
-    categories = [e.category for e in pool]
+    if partition_key == "label" and any(e.label < 0 for e in pool):
+        raise PartitionError(
+            f"data.partition_key=label splits by each row's class label, but data.task={task} has no labels "
+            "(classification tasks do: defect, clone, text_classification); use data.partition_key=category"
+        )
+    categories = [str(e.label) if partition_key == "label" else e.category for e in pool]
     parts = partition_rows(
         partition,
         categories,

@@ -111,7 +111,11 @@ def entry_config(
     recipe: str, overrides: Sequence[str], entry: Entry, runs_dir: Path, seed: int | None = None
 ) -> RunConfig:
     """The entry's config; with ``seed`` its ``fl.seed`` and a run directory named after it."""
-    strategy = [] if entry.strategy is None else [f"fl.strategy={entry.strategy}", "fl.strategy_args={}"]
+    # A strategy entry starts from no strategy settings; a method entry from no method settings (the recipe's
+    # belong to its own method, e.g. an adapter's bottleneck, which another method does not take).
+    strategy = (
+        ["peft.method_args={}"] if entry.strategy is None else [f"fl.strategy={entry.strategy}", "fl.strategy_args={}"]
+    )
     name = safe_name(entry.label) if seed is None else f"{safe_name(entry.label)}-seed{seed}"
     seeded = [] if seed is None else [f"fl.seed={seed}"]
     return load_config(recipe, [*overrides, *strategy, *entry.overrides, *seeded, f"output.dir={runs_dir / name}"])

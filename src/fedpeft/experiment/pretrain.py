@@ -105,8 +105,9 @@ def pretrain(args: PretrainArgs, out: Path, log: Callable[[str], None] = print) 
     from fedpeft.experiment.setup import quiet_libraries
 
     quiet_libraries()
-    if args.size not in BUILTIN_SIZES:
-        raise ValueError(f"unknown size {args.size!r}; valid: {', '.join(BUILTIN_SIZES)}")
+    llama_sizes = [name for name, size in BUILTIN_SIZES.items() if size.family == "llama"]
+    if args.size not in llama_sizes:
+        raise ValueError(f"unknown size {args.size!r}; valid: {', '.join(llama_sizes)} (Llama-architecture sizes)")
     if args.threads:
         torch.set_num_threads(args.threads)
     size: BuiltinSize = BUILTIN_SIZES[args.size]

@@ -6,6 +6,11 @@ Notable choices:
   shipped as package data with its model card (``models/pretrained/small``); ``builtin:tiny`` and
   ``builtin:micro`` (and ``builtin:micro64``, its 64-wide twin that 4-bit CPU kernels take) are seeded
   random inits for benchmarks and tests, built once into the cache.
+- The seed recipes' offline variants keep their model's architecture family: ``builtin:bert``,
+  ``builtin:distilbert``, ``builtin:t5`` and ``builtin:gpt2`` are seeded random inits of that shape at the
+  ``tiny`` scale (CodeBERT, FedKD's DistilBERT, CodeT5, CodeGPT/GPT-2 stand in), sharing ``builtin:small``'s
+  tokenizer so their inputs are the pretrained model's. Random weights: they show that a recipe runs and how
+  methods order, not the published scores.
 - Random-init builds train their tokenizer on the corpus 'train' split only, like the pretrained model.
   The corpus belongs to the data layer, above this one, so its texts are passed in (``tokenizer_texts``)
   or registered once with :func:`set_tokenizer_corpus` by the package that composes the layers.
@@ -52,6 +57,8 @@ class BuiltinSize:
     max_position_embeddings: int
     pretrained: bool
     """Shipped pretrained (package data) rather than built as a random init."""
+    family: str = "llama"
+    """Architecture: llama (tokenizer trained at build time) or a stand-in shape (bert, distilbert, t5, gpt2)."""
 
 
 BUILTIN_SIZES: dict[str, BuiltinSize] = {
@@ -60,6 +67,11 @@ BUILTIN_SIZES: dict[str, BuiltinSize] = {
     "micro64": BuiltinSize(512, 64, 128, 1, 2, 512, pretrained=False),
     "tiny": BuiltinSize(4096, 128, 352, 2, 4, 1024, pretrained=False),
     "small": BuiltinSize(4096, 192, 512, 4, 6, 1024, pretrained=True),
+    # Stand-ins for the seed recipes' offline variants (architecture family kept, tiny scale, random init).
+    "bert": BuiltinSize(4096, 128, 352, 2, 4, 1024, pretrained=False, family="bert"),
+    "distilbert": BuiltinSize(4096, 128, 352, 2, 4, 1024, pretrained=False, family="distilbert"),
+    "t5": BuiltinSize(4096, 128, 352, 2, 4, 1024, pretrained=False, family="t5"),
+    "gpt2": BuiltinSize(4096, 128, 352, 2, 4, 1024, pretrained=False, family="gpt2"),
 }
 
 
@@ -113,6 +125,50 @@ def llama_config(size: BuiltinSize, tokenizer):
     )
 
 
+def stand_in_model(size: BuiltinSize, tokenizer):
+    """A random-init model of ``size.family``'s architecture (bert, distilbert, t5 or gpt2) at ``size``'s scale,
+    in the class whose checkpoint every fedpeft head loads from (masked LM, seq2seq LM, causal LM)."""
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id}
+    ids["eos_token_id"] = tokenizer.eos_token_id
+    vocab, width, inner = len(tokenizer), size.hidden_size, size.intermediate_size
+    layers, heads, positions = size.num_hidden_layers, size.num_attention_heads, size.max_position_embeddings
+    if size.family == "bert":
+        config = BertConfig(
+            vocab_size=vocab, hidden_size=width, intermediate_size=inner, num_hidden_layers=layers,
+            num_attention_heads=heads, max_position_embeddings=positions, **ids,
+        )  # fmt: skip
+        return BertForMaskedLM(config)
+    if size.family == "distilbert":
+        config = DistilBertConfig(
+            vocab_size=vocab, dim=width, hidden_dim=inner, n_layers=layers, n_heads=heads,
+            max_position_embeddings=positions, **ids,
+        )  # fmt: skip
+        return DistilBertForMaskedLM(config)
+    if size.family == "t5":
+        config = T5Config(
+            vocab_size=vocab, d_model=width, d_kv=width // heads, d_ff=inner, num_layers=layers, num_heads=heads,
+            decoder_start_token_id=tokenizer.pad_token_id, **ids,
+        )  # fmt: skip
+        return T5ForConditionalGeneration(config)
+    if size.family == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab, n_embd=width, n_inner=inner, n_layer=layers, n_head=heads, n_positions=positions, **ids
+        )
+        return GPT2LMHeadModel(config)
+    raise ValueError(f"unknown architecture family {size.family!r}; valid: llama, bert, distilbert, t5, gpt2")
+
+
 def build_builtin(name: str, seed: int = 0, tokenizer_texts: TextSource | None = None) -> Path:
     """The model directory of built-in model ``name`` (e.g. ``builtin:small``), building it once if it is
     a random-init size, with a tokenizer trained on ``tokenizer_texts`` (default: the registered corpus)."""
@@ -133,6 +189,14 @@ def build_builtin(name: str, seed: int = 0, tokenizer_texts: TextSource | None =
     out = cache_dir() / "models" / f"{size_name}-v{BUILD_VERSION}-seed{seed}"
     if (out / "fedpeft_builtin.json").exists():
         return out
+    if size.family != "llama":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_dir("small"))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = stand_in_model(size, tokenizer)
+        return _save_built(out, model, tokenizer, name, size, seed)
     texts = tokenizer_texts or _tokenizer_corpus
     if texts is None:
         raise RuntimeError(
@@ -144,6 +208,11 @@ def build_builtin(name: str, seed: int = 0, tokenizer_texts: TextSource | None =
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(llama_config(size, tokenizer))
+    return _save_built(out, model, tokenizer, name, size, seed)
+
+
+def _save_built(out: Path, model, tokenizer, name: str, size: BuiltinSize, seed: int) -> Path:
+    """Write ``model`` and ``tokenizer`` to ``out`` atomically (a temporary sibling renamed into place)."""
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

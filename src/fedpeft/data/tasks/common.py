@@ -49,10 +49,17 @@ class LabelledText:
     """Second text of a pair task (clone detection); empty for single-text tasks."""
 
 
+TEMPLATES = ("alpaca", "question-answer")
+"""Prompt templates: alpaca (Shepherd/FedIT) and question-answer (Astraios' ``Question: ...\n\nAnswer:``, with
+the answer on its own line as its evaluation prompts put code)."""
+
+
 def format_prompt(instruction: str, template: str = "alpaca") -> str:
-    if template != "alpaca":
-        raise ValueError(f"unknown template {template!r}; valid: alpaca")
-    return f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+    if template == "alpaca":
+        return f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+    if template == "question-answer":
+        return f"Question: {instruction}\n\nAnswer:\n"
+    raise ValueError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}")
 
 
 def first_sentence(docstring: str) -> str:
