@@ -9,6 +9,7 @@ a comparison entry fails exactly as its run would.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -47,11 +48,32 @@ def setup_checks(config: RunConfig) -> Strategy:
     with as_config_error():
         strategy = build_strategy(config.fl.strategy, config.fl.strategy_args)
         strategy.check_round_size(clients_per_round(config.fl.clients, config.fl.fraction))
+    warn_single_client_rounds(config, strategy)
     pooled = strategy.kind == "pooled"
     if not launcher(config.runtime).in_process and (pooled or strategy.hook_reads_server_state):
         why = "pools every client's rows in one place" if pooled else "its client hook reads server state"
         raise ConfigError(f"fl.strategy={config.fl.strategy} {why}: it runs with runtime=local only")
     return strategy
+
+
+class SingleClientRoundWarning(UserWarning):
+    """A federation whose rounds sample one client: its averaging strategy averages nothing."""
+
+
+def warn_single_client_rounds(config: RunConfig, strategy: Strategy) -> None:
+    """Say so when ``fl.fraction`` samples one client per round out of several for a strategy that averages
+    clients (S4's ``client_selection_frac 0.1`` of 10 clients did this silently: sequential fine-tuning, not
+    FedAvg). A warning, not an error: cross-device studies sample few clients on purpose."""
+    sampled = clients_per_round(config.fl.clients, config.fl.fraction)
+    if config.fl.clients > 1 and sampled == 1 and strategy.kind == "global" and strategy.communicates:
+        least = 2 / config.fl.clients
+        warnings.warn(
+            f"fl.fraction={config.fl.fraction} of fl.clients={config.fl.clients} samples 1 client per round, so "
+            f"fl.strategy={config.fl.strategy} averages nothing (each round fine-tunes one client's copy); "
+            f"fl.fraction>={least:.2g} samples at least two",
+            SingleClientRoundWarning,
+            stacklevel=2,
+        )
 
 
 def holds_client_rows(config: RunConfig) -> bool:
