@@ -439,6 +439,7 @@ def certs(
 
 from fedpeft.cli import chat as _chat  # noqa: E402,F401  (registers `chat`)
 from fedpeft.cli import code_eval as _code_eval  # noqa: E402,F401  (registers `suites` and `evaluate`)
+from fedpeft.cli import report as _report  # noqa: E402,F401  (registers `report`)
 from fedpeft.cli import serve as _serve  # noqa: E402,F401  (registers `serve`)
 from fedpeft.cli import use as _use  # noqa: E402,F401  (registers `generate` and `merge`)
 

@@ -37,11 +37,16 @@ from typing import Any
 
 from fedpeft.config.recipes import ConfigError, load_config, validate_config
 from fedpeft.config.schema import PeftConfig, RunConfig
-from fedpeft.experiment.progress import HEADLINE_METRICS
 from fedpeft.fl.strategies import build_strategy
 from fedpeft.models.methods.config_keys import LEGACY_KEYS
 from fedpeft.reporting import run_dir as rd
-from fedpeft.reporting.compare_table import aggregate_seeds, format_seed_table, format_table, is_suite_score
+from fedpeft.reporting.compare_table import (
+    aggregate_seeds,
+    format_seed_table,
+    format_table,
+    headline_metric,
+    is_suite_score,
+)
 from fedpeft.reporting.plots import plot_comparison, plot_comparison_bands
 
 COMPARE_JSON, COMPARE_TABLE, COMPARE_PLOT = "compare.json", "compare.md", "compare.png"
@@ -148,14 +153,6 @@ def preflight(configs: dict[str, RunConfig]) -> None:
             check_strategy_fits(strategy, config, state.model, state.data, context)
         except (ValueError, ConfigError) as err:
             raise ConfigError(f"compare entry {label!r}: {err}") from None
-
-
-def headline_metric(evaluation: dict[str, Any]) -> str:
-    """The task's main metric in an eval record (token accuracy, BLEU, accuracy, F1, MRR), else the loss."""
-    for key, _ in HEADLINE_METRICS:
-        if key in evaluation and key != "perplexity":
-            return key
-    return "loss"
 
 
 def summarise_run(label: str, run_dir: Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from fedpeft.models.state import set_trainable_state
 from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.plots import plot_losses, plot_mixing_matrix, plot_partition_heatmap
+from fedpeft.reporting.report import ENVIRONMENT_FILE, environment_now
 from fedpeft.reporting.trackers import check_installed, open_trackers
 from fedpeft.runtime.base import Launch, RunResult, Runtime, launcher
 
@@ -127,6 +128,7 @@ def run_here(
             "matrix units run autocast far slower than float32 (10x in benchmarks/memory_speed.py here)"
         )
     atomic_write_text(run_dir / rd.CONFIG_FILE, dump_config(config))
+    rd.write_json(run_dir / ENVIRONMENT_FILE, environment_now())  # what `fedpeft report` shows as recorded
     rd.write_json(run_dir / rd.PARTITION_FILE, state.data.report)
     if state.data.report.get("categories"):  # a server whose clients keep their files has no table to draw
         plot_partition_heatmap(state.data.report["categories"], run_dir / rd.PARTITION_PLOT)

@@ -11,6 +11,14 @@ from typing import Any
 
 from fedpeft.reporting.stats import describe, paired_difference
 
+HEADLINE_ORDER = ("token_accuracy", "bleu", "accuracy", "f1", "mcc", "mrr")
+"""A task's main metric, first found first: what compare tables and reports headline."""
+
+
+def headline_metric(evaluation: dict[str, Any]) -> str:
+    """The task's main metric in an eval record (token accuracy, BLEU, accuracy, F1, MCC, MRR), else the loss."""
+    return next((key for key in HEADLINE_ORDER if key in evaluation), "loss")
+
 
 def is_suite_score(key: str) -> bool:
     """A code-evaluation suite's headline figure in an eval record (``humaneval/pass@1``, ``defect-yesno/accuracy``)."""

@@ -1,12 +1,16 @@
-"""PNG plots of a run's metrics."""
+"""PNG plots of a run's metrics and of comparisons, drawn with matplotlib's Agg backend.
+
+Each function draws one figure into ``path``: a file, or a binary stream (``fedpeft report`` embeds the PNG bytes
+in its page).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
-def plot_losses(rounds: list[dict[str, Any]], path: Path) -> None:
+def plot_losses(rounds: list[dict[str, Any]], path: Path | IO[bytes]) -> None:
     """Train loss (mean over the round's clients) and global eval loss per round."""
     import matplotlib
 
@@ -31,7 +35,7 @@ def plot_losses(rounds: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_comparison(curves: dict[str, list[tuple[int, float]]], metric: str, path: Path) -> None:
+def plot_comparison(curves: dict[str, list[tuple[int, float]]], metric: str, path: Path | IO[bytes]) -> None:
     """One line per strategy: the test metric after each round (round 0: before training)."""
     import matplotlib
 
@@ -59,7 +63,9 @@ def seed_band(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[fl
     return shared, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
-def plot_comparison_bands(curves: dict[str, list[list[tuple[int, float]]]], metric: str, path: Path) -> None:
+def plot_comparison_bands(
+    curves: dict[str, list[list[tuple[int, float]]]], metric: str, path: Path | IO[bytes]
+) -> None:
     """One line per entry: the mean over seeds of the test metric after each round, in a band from the lowest
     to the highest seed (min..max, not a confidence band)."""
     import matplotlib
@@ -85,7 +91,7 @@ def plot_comparison_bands(curves: dict[str, list[list[tuple[int, float]]]], metr
     plt.close(fig)
 
 
-def plot_mixing_matrix(weights: list[list[float]], clients: list[int], rnd: int, path: Path) -> None:
+def plot_mixing_matrix(weights: list[list[float]], clients: list[int], rnd: int, path: Path | IO[bytes]) -> None:
     """A personalised round's mixing matrix W: row i is what client i's next model takes from each client."""
     import matplotlib
 
@@ -114,7 +120,7 @@ def plot_mixing_matrix(weights: list[list[float]], clients: list[int], rnd: int,
     plt.close(fig)
 
 
-def plot_partition_heatmap(table: dict[str, dict[str, int]], path: Path, max_categories: int = 40) -> None:
+def plot_partition_heatmap(table: dict[str, dict[str, int]], path: Path | IO[bytes], max_categories: int = 40) -> None:
     """Rows per client (y) and category (x); categories beyond the ``max_categories`` largest are summed
     into one 'other' column so the picture stays readable."""
     import matplotlib
@@ -152,3 +158,141 @@ def category_cell(row: dict[str, int], column: str, columns: list[str]) -> int:
     if column == "other" and "other" not in row:
         return sum(n for cat, n in row.items() if cat not in columns)
     return row.get(column, 0)
+
+
+def plot_per_client(
+    global_points: list[tuple[int, float]],
+    client_points: dict[str, list[tuple[int, float]]],
+    ylabel: str,
+    title: str,
+    path: Path | IO[bytes],
+) -> None:
+    """A figure per round: the global value as a bold line and each client's as a thin one (at most 20 clients
+    drawn, in name order, so the legend stays readable)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    shown = sorted(client_points, key=client_order)[:20]
+    for name in shown:
+        points = client_points[name]
+        if points:
+            ax.plot(*zip(*points, strict=True), linewidth=0.9, alpha=0.7, marker=".", label=name)
+    if global_points:
+        ax.plot(*zip(*global_points, strict=True), color="black", linewidth=2.2, marker="o", label="global")
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    left_out = len(client_points) - len(shown)
+    ax.set_title(title + (f" ({left_out} more clients not drawn)" if left_out > 0 else ""), fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=2 if len(shown) > 8 else 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def client_order(name: str) -> tuple[int, str]:
+    """``client-10`` after ``client-9``."""
+    head, _, number = name.rpartition("-")
+    return (int(number), head) if number.isdigit() else (-1, name)
+
+
+def plot_bytes_quality_curve(points: list[tuple[int, int, float]], metric: str, path: Path | IO[bytes]) -> None:
+    """A run's trade-off: the evaluated metric against the cumulative megabytes exchanged (up + down) by the end
+    of each round; ``points`` are (round, cumulative bytes, value), each marker labelled with its round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [b / 1e6 for _, b, _ in points]
+    ys = [v for _, _, v in points]
+    ax.plot(xs, ys, marker="o")
+    for (rnd, _, _), x, y in zip(points, xs, ys, strict=True):
+        ax.annotate(f"r{rnd}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("cumulative MB exchanged (up + down)")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_bytes_quality_entries(
+    entries: dict[str, tuple[float, float, float, float]], metric: str, path: Path | IO[bytes]
+) -> None:
+    """A comparison's trade-off, one point per entry: (megabytes exchanged, final metric mean, min, max); an
+    entry run on several seeds gets a min..max bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, (megabytes, centre, low, high) in entries.items():
+        ax.errorbar(
+            [megabytes], [centre], yerr=[[centre - low], [high - centre]], fmt="o", capsize=4, label=label, markersize=6
+        )
+        ax.annotate(label, (megabytes, centre), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    ax.set_xlabel("MB exchanged over the run (up + down)")
+    ax.set_ylabel(f"final test {metric}")
+    ax.set_title("one point per entry; bar: min..max over seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_round_times(
+    round_seconds: list[tuple[int, float]], client_seconds: list[tuple[int, float]], path: Path | IO[bytes]
+) -> None:
+    """Wall seconds per round (bars) with each client's local training time in that round (dots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if round_seconds:
+        ax.bar(*zip(*round_seconds, strict=True), color="#9ecae1", label="round (wall)")
+    if client_seconds:
+        ax.scatter(*zip(*client_seconds, strict=True), color="#08519c", s=14, zorder=3, label="a client's training")
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("seconds")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_client_bars(values: dict[str, dict[str, float]], ylabel: str, path: Path | IO[bytes]) -> None:
+    """Grouped bars per client: ``values[series][client]`` (e.g. the client-validation metric before and after
+    training); a client missing from a series has no bar there."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = sorted({c for series in values.values() for c in series}, key=client_order)
+    width = 0.8 / max(len(values), 1)
+    fig, ax = plt.subplots(figsize=(min(3 + 0.45 * len(clients) * max(len(values), 1), 16), 3.8))
+    for k, (series, by_client) in enumerate(values.items()):
+        xs = [i + k * width for i, c in enumerate(clients) if c in by_client]
+        ax.bar(xs, [by_client[c] for c in clients if c in by_client], width=width, label=series)
+    ax.set_xticks([i + width * (len(values) - 1) / 2 for i in range(len(clients))], clients, rotation=90, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
