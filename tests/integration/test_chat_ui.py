@@ -26,10 +26,9 @@ from fedpeft.experiment.run import run_experiment
 from fedpeft.models.generate import generate_completions
 from fedpeft.serving.adapters import ServedRun, ServingError, load_run
 from fedpeft.serving.chat import LIMITS, Sampling, generate_answer, launch_ui, settings_from_ui
+from tests.integration.browser import headless_chromium
 from tests.integration.conftest import MICRO
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 NEW_TOKENS = 24
 PROMPT = "Write a function that adds two numbers."
 WAIT_S = 120
@@ -72,21 +71,7 @@ def ui(run: ServedRun):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip(f"needs Debian's chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    flags = "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run "
-    flags += "--disable-background-networking --disable-component-update --disable-sync --window-size=1280,1150"
-    for flag in [*flags.split(), f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    yield driver
-    driver.quit()
+    yield from headless_chromium(tmp_path_factory.mktemp("chromium-profile"), "1280,1150")
 
 
 def open_page(driver, ui) -> None:

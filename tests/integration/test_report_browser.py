@@ -19,41 +19,14 @@ import fedpeft.cli.report  # noqa: F401  (registers the command)
 from fedpeft.cli import app
 from fedpeft.config import load_config
 from fedpeft.experiment.run import run_experiment
+from tests.integration.browser import headless_chromium
 from tests.integration.conftest import MICRO
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-RUN_SECTIONS = [
-    "headline",
-    "rounds",
-    "bytes",
-    "time",
-    "memory",
-    "partition",
-    "mixing",
-    "clients",
-    "config",
-    "environment",
-]
+from tests.unit.test_report import RUN_SECTIONS
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip(f"needs Debian's chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    flags = "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run "
-    flags += "--disable-background-networking --disable-component-update --disable-sync --window-size=1400,1000"
-    for flag in [*flags.split(), f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    yield driver
-    driver.quit()
+    yield from headless_chromium(tmp_path_factory.mktemp("chromium-profile"), "1400,1000", ("performance", "browser"))
 
 
 def requested_urls(driver) -> list[str]:

@@ -30,7 +30,6 @@ from typer.testing import CliRunner
 
 from fedpeft.config import ConfigError, load_config
 from fedpeft.config.schema import DataConfig
-from fedpeft.errors import FedpeftError
 from fedpeft.experiment import checks
 from fedpeft.experiment import fit as fit_module
 from fedpeft.experiment.evaluate import should_evaluate
