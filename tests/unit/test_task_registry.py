@@ -37,7 +37,8 @@ MAX_LENGTH = 2048
 BOS, EOS = 1, 2
 
 # The tables as they were written by hand before the registry, for the tasks that existed then.
-OLD_TEXT_TASKS = {"instruction", "completion", "code_to_text", "defect", "clone", "code_search"}
+# text_classification gained its offline (stdlib) rows with the seed recipes (issue 19).
+OLD_TEXT_TASKS = {"instruction", "completion", "code_to_text", "defect", "clone", "code_search", "text_classification"}
 OLD_TASK_HEADS = {
     "instruction": "causal_lm",
     "completion": "causal_lm",
