@@ -170,3 +170,28 @@ def test_offline_acceptability_rows_are_sentences_and_their_shuffles():
     # a function's row does not depend on which other functions are loaded
     first_half = acceptability_rows(records[:200])
     assert acceptability_rows(records[200:]) == rows[len(first_half) :]
+
+
+def test_label_partition_splits_by_class_and_is_refused_without_labels():
+    """S0's label-imbalanced split: with data.partition_key=label the Dirichlet shares are drawn per class, so the
+    partition table's categories are the labels and clients' class mixes differ; a task without labels is refused."""
+    from fedpeft.data.partition import PartitionError
+    from fedpeft.experiment.setup import build_data
+
+    tokenizer = AutoTokenizer.from_pretrained(build_builtin("builtin:micro"))
+    few = ["data.modules=[email,logging,asyncio]", "data.max_rows=200", "data.test_size=8", "data.max_length=256"]
+    config = load_config("default", [*few, "data.task=defect", "fl.clients=4", "data.partition=dirichlet"])
+    by_module = build_data(config, tokenizer).report["categories"]
+    by_label = build_data(
+        load_config(
+            "default",
+            [*few, "data.task=defect", "fl.clients=4", "data.partition=dirichlet", "data.partition_key=label"],
+        ),
+        tokenizer,
+    ).report["categories"]
+    assert {c for client in by_module.values() for c in client} <= {"email", "logging", "asyncio"}
+    assert {c for client in by_label.values() for c in client} == {"0", "1"}
+    shares = [client.get("1", 0) / max(1, sum(client.values())) for client in by_label.values()]
+    assert max(shares) - min(shares) > 0.2  # Dirichlet(0.5) over two classes skews the clients' mixes
+    with pytest.raises(PartitionError, match="data.partition_key=label.*data.task=instruction has no labels"):
+        build_data(load_config("default", [*few, "fl.clients=4", "data.partition_key=label"]), tokenizer)
