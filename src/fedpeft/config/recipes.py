@@ -91,9 +91,9 @@ def read_recipe(recipe: str) -> dict[str, Any]:
     (``NAME@variant@...``) applied and the recipe's own metadata (variants, compare) removed."""
     name, *chosen = recipe.split("@")
     data = _raw_recipe(name)
-    declared = data.pop("variants", None) or {}
-    data.pop("compare", None)
-    data.pop("extends", None)
+    declared = data.get("variants") or {}
+    for key in RECIPE_META:
+        data.pop(key, None)
     if not isinstance(declared, dict):
         raise ConfigError(f"recipe {name!r}: variants must be a mapping of name -> {{key: value}}")
     for variant in chosen:

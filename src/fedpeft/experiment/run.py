@@ -37,7 +37,7 @@ from fedpeft.paths import atomic_write_text
 from fedpeft.reporting import run_dir as rd
 from fedpeft.reporting.plots import plot_losses, plot_mixing_matrix, plot_partition_heatmap
 from fedpeft.reporting.report import ENVIRONMENT_FILE, environment_now
-from fedpeft.reporting.trackers import check_installed, open_trackers
+from fedpeft.reporting.trackers import open_trackers
 from fedpeft.runtime.base import Launch, RunResult, Runtime, launcher
 
 
@@ -109,7 +109,6 @@ def run_here(
     if torch.cuda.is_initialized():  # the summary's peak GPU memory is this run's
         torch.cuda.reset_peak_memory_stats()
     progress = RunProgress(quiet=quiet)
-    check_installed(config.output.loggers)  # a missing tracker package is found before anything loads
     if resume_dir is None:
         rd.check_output_dir(Path(config.output.dir))
     # The run directory is created only once setup has passed every check, so bad input leaves nothing; a
